@@ -1,0 +1,1 @@
+"""CardioMM physics core: conventions, operators, sampling masks, coil maps, classical reconstructions, metrics."""
