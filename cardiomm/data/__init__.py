@@ -1,0 +1,1 @@
+"""Data layer: readers and writers (ISMRMRD, CMRxRecon, DICOM), simulation, the beating-heart phantom, datasets."""
