@@ -1,0 +1,23 @@
+"""The project-wide segmentation label convention (phantom, Sunnybrook contours, networks).
+
+Label images are ``uint8 [..., y, x]``; every CardioMM reader, simulator and network uses these
+values.  External label maps with other conventions (ACDC: 1 RV, 2 MYO, 3 LV) are converted to
+these before use.
+"""
+
+from __future__ import annotations
+
+__all__ = ["LABELS", "BACKGROUND", "LV_BLOOD", "LV_MYOCARDIUM", "RV_BLOOD"]
+
+BACKGROUND = 0
+LV_BLOOD = 1  # left-ventricular blood pool (inside the endocardium)
+LV_MYOCARDIUM = 2  # between endocardium and epicardium
+RV_BLOOD = 3  # right-ventricular blood pool
+
+#: label value -> name
+LABELS: dict[int, str] = {
+    BACKGROUND: "background",
+    LV_BLOOD: "lv_blood",
+    LV_MYOCARDIUM: "lv_myocardium",
+    RV_BLOOD: "rv_blood",
+}
