@@ -14,7 +14,6 @@ from collections.abc import Sequence
 
 #: Subcommand modules, in the order ``cardiomm --help`` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
-    "cardiomm.commands.demo",
     "cardiomm.commands.masks",
 )
 

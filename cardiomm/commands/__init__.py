@@ -1,0 +1,1 @@
+"""Subcommands of the ``cardiomm`` command line, one module each (see :mod:`cardiomm.cli`)."""
