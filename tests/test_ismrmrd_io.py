@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 from pathlib import Path
 
@@ -21,12 +20,13 @@ from cardiomm.data.ismrmrd_raw import (
     estimate_noise_covariance,
     inspect_ismrmrd,
     prewhitening_matrix,
+    read_hdf5_records,
     read_ismrmrd_raw,
     read_ismrmrd_samples,
     write_ismrmrd_raw,
 )
 from cardiomm.data.metadata import ScanMetadata
-from recon.conventions import fft2c, ifft2c
+from recon.conventions import fft2c
 from recon.operators import SenseOp
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ismrmrd"
@@ -527,6 +527,33 @@ def test_corruption_detected_by_digest(small_file):
         read_ismrmrd_raw(out)
 
 
+def _flip(path: Path, find: bytes, at: int, xor: int, occurrence: int = 0) -> Path:
+    """Copy of ``path`` with byte ``at`` after the ``occurrence``-th match of ``find`` xor-ed."""
+    data = bytearray(path.read_bytes())
+    pos = -1
+    for _ in range(occurrence + 1):
+        pos = data.index(find, pos + 1)
+    data[pos + at] ^= xor
+    out = path.with_name("flipped_" + path.name)
+    out.write_bytes(bytes(data))
+    return out
+
+
+# Corruptions that crashed (SIGSEGV) or hung HDF5 2.0 before the reader's own checks existed.
+@pytest.mark.parametrize(
+    "find, at, xor, match",
+    [
+        (b"GCOL", 8, 0xFF, "global heap collection"),  # collection size: HDF5 loops forever
+        (b"\x11\x20\x1f\x00\x04\x00\x00\x00\x00\x00\x20\x00\x17\x08\x00\x17\x7f", 16, 0x01, "non-standard 4-byte float"),
+        (b"\x19\x01\x00\x00\x10\x00\x00\x00", 1, 0x02, "not a string dataset"),  # vlen string -> sequence
+    ],
+    ids=["heap-size", "float-bias", "vlen-kind"],
+)
+def test_corruptions_that_crash_hdf5_are_caught(small_file, find, at, xor, match):
+    with pytest.raises(DataFileError, match=match):
+        read_ismrmrd_raw(_flip(small_file, find, at, xor))
+
+
 def test_image_file_is_not_raw(tmp_path):
     path = tmp_path / "images.h5"
     write_ismrmrd_images(path, np.ones((1, 2, 4, 4), np.float32), ScanMetadata())
@@ -663,6 +690,21 @@ def test_cxx_sense_reconstruction_matches_phantom(cxx):
     y_j = torch.from_numpy(np.ascontiguousarray(scan.kspace[0].transpose(1, 0, 2, 3).reshape(8 * n_t, 1, 128, 128)))
     x_j = _cg_sense(SenseOp(sens_j, mask_j), y_j, 20).numpy()[0]
     assert _nrmse(x_j, ph) < 0.10
+
+
+@needs_shared
+@pytest.mark.parametrize("name", ["ismrmrd_cxx_shepp_logan_m128_c8_R2.h5", "Koma_signal.mrd", "bonn/dependency_pulseq_protocols_gre_b0mapping.h5"])
+def test_hand_reader_matches_hdf5_on_other_writers(name):
+    """The vlen-free record reader returns what h5py returns (C++, Julia and Python writers; chunked and contiguous)."""
+    path = SHARED / name
+    with h5py.File(path, "r") as f:
+        ds = f["dataset/data"]
+        mine, ref = read_hdf5_records(f, ds, str(path)), ds[()]
+        assert mine is not None and mine.shape == ref.shape
+        assert mine["head"].tobytes() == ref["head"].tobytes()
+        for field in ("data", "traj"):
+            assert all(np.array_equal(a, b) for a, b in zip(mine[field], ref[field]))
+        assert read_hdf5_records(f, f["dataset/xml"], str(path))[0] == f["dataset/xml"][0]
 
 
 @needs_shared

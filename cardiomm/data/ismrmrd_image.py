@@ -35,7 +35,7 @@ import torch
 from cardiomm.atomic import atomic_path
 from cardiomm.data.errors import DataFileError
 from cardiomm.data.ismrmrd_header import build_ismrmrd_header, parse_ismrmrd_header
-from cardiomm.data.ismrmrd_raw import check_hdf5_datatype, check_vlen_references, find_image_groups, open_hdf5
+from cardiomm.data.ismrmrd_raw import check_hdf5_datatype, find_image_groups, open_hdf5, read_hdf5_text
 from cardiomm.data.metadata import ScanMetadata
 
 __all__ = ["IMAGE_TYPES", "list_ismrmrd_image_groups", "read_ismrmrd_images", "write_ismrmrd_images"]
@@ -258,17 +258,13 @@ def read_ismrmrd_images(
         try:
             g = f[gpath]
             parent = g.parent
-            strings = [ds for ds in (g.get("attributes"), parent.get("xml")) if isinstance(ds, h5py.Dataset)]
-            for ds in [g["header"], g["data"], *strings]:
-                check_hdf5_datatype(ds, p)
-            for ds in strings:
-                if not isinstance(ds.id.get_type(), h5py.h5t.TypeStringID):
-                    raise DataFileError(p, f"{ds.name} is not a string dataset")
-                check_vlen_references(f, ds, p)
+            for name in ("header", "data"):
+                check_hdf5_datatype(g[name], p)
+            # strings are read without HDF5's variable-length conversion (see ismrmrd_raw)
+            attrs = read_hdf5_text(f, g["attributes"], p) if isinstance(g.get("attributes"), h5py.Dataset) else None
+            xml = read_hdf5_text(f, parent["xml"], p) if isinstance(parent.get("xml"), h5py.Dataset) else None
             heads = g["header"][()]
             raw_data = g["data"][()]
-            attrs = g["attributes"][()] if isinstance(g.get("attributes"), h5py.Dataset) else None
-            xml = parent["xml"][()] if isinstance(parent.get("xml"), h5py.Dataset) else None
         except DataFileError:
             raise
         except Exception as err:  # noqa: BLE001 - h5py failures on corrupt files
@@ -331,14 +327,11 @@ def read_ismrmrd_images(
         "frame_counters": frame_counters,
         "slice_counters": uniq_slices.tolist(),
         "image_series_index": sorted({int(v) for v in heads["image_series_index"]}),
-        "first_attributes": (attrs[0].decode() if isinstance(attrs[0], bytes) else str(attrs[0]))
-        if attrs is not None and len(attrs)
-        else None,
+        "first_attributes": attrs.decode("utf-8", errors="replace") if attrs is not None else None,
     }
     orientation = {k: [float(v) for v in first[k]] for k in ("read_dir", "phase_dir", "slice_dir")}
     if xml is not None:
-        xml_value = xml.ravel()[0] if isinstance(xml, np.ndarray) else xml
-        md = parse_ismrmrd_header(xml_value, p).metadata
+        md = parse_ismrmrd_header(xml, p).metadata
     else:
         md = ScanMetadata(source=p, trajectory=None)
     # The images are the truth for matrix and frame/slice counts; the FOV comes from the
