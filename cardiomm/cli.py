@@ -14,8 +14,10 @@ from collections.abc import Sequence
 
 #: Subcommand modules, in the order ``cardiomm --help`` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
+    "cardiomm.commands.demo",
     "cardiomm.commands.masks",
     "cardiomm.commands.phantom",
+    "cardiomm.commands.train",
 )
 
 

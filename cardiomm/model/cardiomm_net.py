@@ -1,0 +1,150 @@
+"""CardioMM: context-conditioned unrolled reconstruction of undersampled multi-coil cine MRI.
+
+::
+
+    c  = ContextEncoder(context)                       acquisition context -> vector
+    S  = SensitivityNet(y, mask, acs, c)               coil maps, sum_c |S_c|^2 = 1
+    k0 = y
+    k_{i+1} = Cascade_i(k_i, y, mask, S, c)            i = 0 .. num_cascades - 1
+    x  = S^H F^H k_K                                   coil-combined complex image
+
+Every denoiser is a FiLM-conditioned 2D+t U-Net (:class:`~cardiomm.model.complex_unet.ComplexUNet`);
+see :mod:`cardiomm.model.cascade` for the update equations.  Any matrix size (odd included) and
+any number of frames work.  With ``gradient_checkpointing`` each cascade's activations are
+recomputed in the backward pass instead of stored (memory ~ one cascade instead of all).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.utils.checkpoint
+from torch import nn
+
+from cardiomm.model.cascade import UnrolledCascade
+from cardiomm.model.complex_unet import ComplexUNet
+from cardiomm.model.context import ContextBatch, ContextEncoder
+from cardiomm.model.sensitivity_net import SensitivityNet
+from recon.conventions import require_complex, shape_str
+from recon.operators import SenseOp
+
+#: Version string of this architecture, stored in checkpoints and checked when loading them.
+ARCHITECTURE = "cardiomm-unrolled-2dt-v1"
+
+
+class CardioMMNet(nn.Module):
+    """The CardioMM reconstruction network.
+
+    Args:
+        num_cascades: unrolled iterations ``K``.
+        channels: first-level channels of every cascade's 2D+t U-Net.
+        depth: down-sampling steps of those U-Nets (``y``, ``x`` are padded to a multiple of ``2 ** depth``).
+        temporal_kernel: odd temporal kernel length of the denoisers (1 = frame by frame).
+        conv_mode: ``"2+1d"`` (spatial then temporal conv) or ``"3d"``.
+        channel_attention: squeeze-excitation in every denoiser block.
+        sens_channels: first-level channels of the per-coil sensitivity U-Net.
+        sens_depth: down-sampling steps of the sensitivity U-Net.
+        calib_max_size: largest side (k-space samples) of the calibration square of the maps.
+        context_dim: size of the acquisition-context vector ``c``.
+        context_dropout: training-time probability of hiding each context field.
+        dc_mode: ``"soft"`` (learned gradient step) or ``"cg"`` (proximal step by conjugate gradients).
+        cg_iterations: CG steps per cascade when ``dc_mode="cg"``.
+        gradient_checkpointing: recompute each cascade in the backward pass (saves memory).
+    """
+
+    def __init__(
+        self,
+        num_cascades: int = 8,
+        channels: int = 32,
+        depth: int = 3,
+        temporal_kernel: int = 3,
+        conv_mode: str = "2+1d",
+        channel_attention: bool = True,
+        sens_channels: int = 8,
+        sens_depth: int = 3,
+        calib_max_size: int = 48,
+        context_dim: int = 32,
+        context_dropout: float = 0.1,
+        dc_mode: str = "soft",
+        cg_iterations: int = 5,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        if num_cascades < 1:
+            raise ValueError(f"num_cascades must be >= 1, got {num_cascades}")
+        self.gradient_checkpointing = bool(gradient_checkpointing)
+        self.context_encoder = ContextEncoder(context_dim, field_dropout=context_dropout)
+        self.sensitivity_net = SensitivityNet(sens_channels, sens_depth, context_dim, calib_max_size)
+        self.cascades = nn.ModuleList(
+            UnrolledCascade(
+                ComplexUNet(channels, depth, context_dim, temporal_kernel, conv_mode, channel_attention),
+                dc_mode=dc_mode,
+                cg_iterations=cg_iterations,
+            )
+            for _ in range(num_cascades)
+        )
+
+    @staticmethod
+    def _check_inputs(kspace: torch.Tensor, mask: torch.Tensor, acs: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        require_complex(kspace, "k-space")
+        if kspace.ndim != 5:
+            raise ValueError(
+                f"k-space must be [batch, coil, time, ky, kx], got shape {shape_str(kspace.shape)}"
+            )
+        b, _, t, ny, nx = kspace.shape
+
+        def as_mask(m: torch.Tensor, name: str) -> torch.Tensor:
+            m = torch.as_tensor(m, device=kspace.device)
+            if m.ndim == 3:
+                m = m.unsqueeze(0)
+            try:
+                return (m != 0).expand(b, t, ny, nx)
+            except RuntimeError as err:
+                raise ValueError(
+                    f"{name} of shape {shape_str(m.shape)} does not broadcast to [batch, time, ky, kx] = "
+                    f"{shape_str((b, t, ny, nx))} of k-space {shape_str(kspace.shape)}"
+                ) from err
+
+        return as_mask(mask, "sampling mask"), None if acs is None else as_mask(acs, "acs mask")
+
+    def forward(
+        self,
+        kspace: torch.Tensor,
+        mask: torch.Tensor,
+        acs: torch.Tensor | None = None,
+        context: ContextBatch | object = None,
+        *,
+        return_sensitivities: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Reconstruct.
+
+        Args:
+            kspace: ``[batch, coil, time, ky, kx]`` complex64, zero where not sampled.
+            mask: bool ``[batch, time, ky, kx]`` (or ``[time, ky, kx]`` / broadcastable).
+            acs: bool calibration region like ``mask``, or None (maps from time-averaged k-space).
+            context: a :class:`ContextBatch`, or anything :meth:`ContextBatch.from_context`
+                accepts (None = all unknown).
+            return_sensitivities: also return the coil maps.
+
+        Returns:
+            the coil-combined complex image ``[batch, time, y, x]`` (complex64), and with
+            ``return_sensitivities`` also the maps ``[batch, coil, 1, y, x]``.
+        """
+        mask, acs = self._check_inputs(kspace, mask, acs)
+        if not isinstance(context, ContextBatch):
+            context = ContextBatch.from_context(context, kspace.shape[0])
+        if context.batch_size != kspace.shape[0]:
+            raise ValueError(f"context has {context.batch_size} items, k-space {shape_str(kspace.shape)}")
+        kspace = kspace.to(torch.complex64)
+        c = self.context_encoder(context.to(kspace.device))
+        sens = self.sensitivity_net(kspace, mask, acs, c)
+        mask5 = mask.unsqueeze(1)  # [batch, 1, time, ky, kx] broadcasts over coils
+        k = kspace
+        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        for cascade in self.cascades:
+            if checkpointing:
+                k = torch.utils.checkpoint.checkpoint(cascade, k, kspace, mask5, sens, c, use_reentrant=False)
+            else:
+                k = cascade(k, kspace, mask5, sens, c)
+        with torch.autocast(device_type=kspace.device.type, enabled=False):
+            image = SenseOp(sens).adjoint(k)
+        return (image, sens) if return_sensitivities else image

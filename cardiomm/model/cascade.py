@@ -1,0 +1,101 @@
+"""One unrolled iteration ("cascade") of CardioMM: a learned image prior plus data consistency.
+
+With ``A = M F S`` the SENSE model (:class:`recon.operators.SenseOp`), ``y`` the measured
+k-space, ``k`` the current multi-coil k-space estimate and ``D`` the denoiser:
+
+soft data consistency (``dc_mode="soft"``, E2E-VarNet style)::
+
+    k <- k - eta * M (k - y) - F S D(S^H F^H k)
+
+    With ``eta = 1`` and ``D = 0`` the sampled entries of ``k`` become exactly ``y``.
+
+proximal data consistency (``dc_mode="cg"``, MoDL style)::
+
+    z = S^H F^H k - D(S^H F^H k)
+    x = argmin_x ||A x - y||^2 + lam ||x - z||^2      (``cg_iterations`` CG steps)
+    k <- F S x
+
+``eta`` and ``lam`` (kept positive through a softplus) are learned per cascade.  All the
+physics runs in float32/complex64 with autocast disabled, on the device of the inputs; only
+the denoiser may run in reduced precision.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recon.classical.solvers import conjugate_gradient
+from recon.operators import SamplingOp, SenseOp
+
+DC_MODES: tuple[str, ...] = ("soft", "cg")
+
+
+class UnrolledCascade(nn.Module):
+    """``k -> k'``: one denoising step and one data-consistency step on multi-coil k-space.
+
+    Args:
+        denoiser: module mapping a complex image ``[batch, time, y, x]`` and a context vector
+            ``[batch, dim]`` (or None) to a complex image of the same shape.
+        dc_mode: ``"soft"`` (gradient step with learned weight ``eta``) or ``"cg"`` (proximal
+            step solved by conjugate gradients with learned ``lam``).
+        cg_iterations: CG steps of the proximal data consistency.
+        dc_weight_init: initial ``eta`` (soft) or ``lam`` (cg).
+    """
+
+    def __init__(
+        self,
+        denoiser: nn.Module,
+        dc_mode: str = "soft",
+        cg_iterations: int = 5,
+        dc_weight_init: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if dc_mode not in DC_MODES:
+            raise ValueError(f"unknown data-consistency mode {dc_mode!r}; choose one of {DC_MODES}")
+        if cg_iterations < 1:
+            raise ValueError(f"cg_iterations must be >= 1, got {cg_iterations}")
+        self.denoiser = denoiser
+        self.dc_mode = dc_mode
+        self.cg_iterations = int(cg_iterations)
+        if dc_mode == "soft":
+            self.dc_weight = nn.Parameter(torch.tensor(float(dc_weight_init)))
+        else:  # lam = softplus(raw) > 0
+            self.dc_weight = nn.Parameter(torch.log(torch.expm1(torch.tensor(float(dc_weight_init)))))
+
+    def _denoise(self, image: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        out = self.denoiser(image, c)
+        return out.to(image.dtype)
+
+    def forward(
+        self, k: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, sens: torch.Tensor, c: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """One cascade.
+
+        Args:
+            k: current k-space estimate ``[batch, coil, time, ky, kx]`` (complex64).
+            y: measured k-space, same shape, zero where not sampled.
+            mask: bool, broadcastable to ``k`` (e.g. ``[batch, 1, time, ky, kx]``).
+            sens: coil maps ``[batch, coil, 1|time, y, x]``.
+            c: context vector ``[batch, dim]`` or None.
+        Returns:
+            the updated k-space, same shape as ``k``.
+        """
+        device_type = k.device.type
+        expand = SenseOp(sens)  # F S (no sampling)
+        with torch.autocast(device_type=device_type, enabled=False):
+            image = expand.adjoint(k)  # S^H F^H k
+        prior = self._denoise(image, c)
+        with torch.autocast(device_type=device_type, enabled=False):
+            prior = prior.to(image.dtype)
+            if self.dc_mode == "soft":
+                return k - self.dc_weight * SamplingOp(mask)(k - y) - expand(prior)
+            lam = F.softplus(self.dc_weight)
+            sense = SenseOp(sens, mask)  # A = M F S
+            z = image - prior
+            rhs = sense.adjoint(y) + lam * z
+            x = conjugate_gradient(
+                lambda v: sense.normal(v) + lam * v, rhs, x0=z, max_iter=self.cg_iterations, tol=0.0
+            )
+            return expand(x)

@@ -1,0 +1,99 @@
+"""Learned coil sensitivities from the calibration k-space (refined end to end, as in E2E-VarNet).
+
+1. Calibration k-space ``[batch, coil, ky, kx]``: the average over frames of the ACS samples
+   when the item has a per-frame calibration region, otherwise the *time-averaged* k-space
+   (:func:`recon.coil_sensitivity.calibration_kspace`).
+2. Its largest fully sampled centred square (side ``<= calib_max_size``,
+   :func:`recon.coil_sensitivity.fully_sampled_centre`) is kept and tapered by a 2D Hann
+   window; everything else is zeroed; the inverse FFT gives low-resolution coil images.
+3. A small 2D U-Net (:class:`~cardiomm.model.complex_unet.ComplexUNet` with one frame), applied
+   to every coil separately (coils on the batch axis) and FiLM-conditioned on the acquisition
+   context, refines the coil images.
+4. The result is normalised so that ``sum_c |S_c|^2 = 1`` at every pixel
+   (:func:`recon.coil_simulation.normalize_maps`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from cardiomm.model.complex_unet import ComplexUNet
+from recon.coil_sensitivity import calibration_kspace, fully_sampled_centre
+from recon.coil_simulation import normalize_maps
+from recon.conventions import ifft2c
+
+#: Smallest calibration square used as it is; smaller (or absent) centres fall back to a
+#: ``_FALLBACK_SIZE`` window on whatever was sampled.
+_MIN_CALIB_SIZE = 4
+_FALLBACK_SIZE = 16
+
+
+def _hann_window(size: int, ny: int, nx: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``[ny, nx]`` grid with a 2D Hann taper of side ``size`` centred on ``(ny // 2, nx // 2)``, 0 outside."""
+    j = torch.arange(size, dtype=dtype, device=device) - size // 2
+    taper = 0.5 * (1 + torch.cos(math.pi * j / (size // 2 + 1)))
+    window = torch.zeros(ny, nx, dtype=dtype, device=device)
+    y0, x0 = ny // 2 - size // 2, nx // 2 - size // 2
+    window[y0 : y0 + size, x0 : x0 + size] = taper[:, None] * taper[None, :]
+    return window
+
+
+def low_resolution_coil_images(
+    kspace: torch.Tensor, mask: torch.Tensor, acs: torch.Tensor | None, calib_max_size: int = 48
+) -> torch.Tensor:
+    """Hann-windowed calibration coil images ``[batch, coil, y, x]`` (complex).
+
+    Args:
+        kspace: ``[batch, coil, time, ky, kx]`` undersampled k-space.
+        mask: bool ``[batch, time, ky, kx]`` sampling mask.
+        acs: bool ``[batch, time, ky, kx]`` calibration region, or None; an item whose ACS is
+            empty uses the time-averaged k-space.
+        calib_max_size: largest side of the calibration square (k-space samples).
+    """
+    images = []
+    ny, nx = kspace.shape[-2:]
+    for b in range(kspace.shape[0]):
+        has_acs = acs is not None and bool(acs[b].any())
+        sampled = mask[b] & acs[b] if has_acs else mask[b]  # type: ignore[index]
+        calib = calibration_kspace(kspace[b], mask[b], acs=acs[b] if has_acs else None)  # type: ignore[index]
+        size = fully_sampled_centre(sampled.any(dim=0), calib_max_size)
+        if size < _MIN_CALIB_SIZE:
+            size = min(_FALLBACK_SIZE, ny, nx)
+        window = _hann_window(size, ny, nx, calib.real.dtype, calib.device)
+        images.append(ifft2c(calib * window))
+    return torch.stack(images)
+
+
+class SensitivityNet(nn.Module):
+    """Undersampled k-space -> normalised coil maps ``[batch, coil, 1, y, x]``.
+
+    Args:
+        channels: first-level channels of the per-coil 2D U-Net.
+        depth: down-sampling steps of that U-Net.
+        context_dim: size of the context vector (FiLM).
+        calib_max_size: largest side of the centred calibration square (k-space samples).
+    """
+
+    def __init__(self, channels: int = 8, depth: int = 3, context_dim: int = 32, calib_max_size: int = 48) -> None:
+        super().__init__()
+        if calib_max_size < _MIN_CALIB_SIZE:
+            raise ValueError(f"calib_max_size must be >= {_MIN_CALIB_SIZE}, got {calib_max_size}")
+        self.calib_max_size = int(calib_max_size)
+        self.unet = ComplexUNet(
+            channels=channels, depth=depth, context_dim=context_dim, temporal_kernel=1, channel_attention=False
+        )
+
+    def forward(
+        self, kspace: torch.Tensor, mask: torch.Tensor, acs: torch.Tensor | None = None, c: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Maps from ``kspace`` ``[batch, coil, time, ky, kx]``, ``mask``/``acs`` ``[batch, time, ky, kx]``."""
+        batch, coils = kspace.shape[:2]
+        with torch.autocast(device_type=kspace.device.type, enabled=False):
+            images = low_resolution_coil_images(kspace, mask, acs, self.calib_max_size)
+        per_coil = images.reshape(batch * coils, 1, *images.shape[-2:])  # coils as batch, one "frame"
+        c_coil = None if c is None else c.repeat_interleave(coils, dim=0)
+        refined = self.unet(per_coil, c_coil).reshape(batch, coils, 1, *images.shape[-2:])
+        return normalize_maps(refined)

@@ -1,0 +1,88 @@
+"""Load a trained :class:`~cardiomm.model.CardioMMNet` from a Lightning checkpoint, with checks.
+
+A checkpoint is accepted only if it is a readable torch file (loaded with
+``weights_only=True``: no arbitrary code runs), was written by
+:class:`cardiomm.training.lightning_module.CardioMMModule` for the architecture version of this
+code (:data:`cardiomm.model.ARCHITECTURE`), and its weights fit the network its stored
+hyper-parameters describe.  Anything else raises ``ValueError`` naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cardiomm.model import ARCHITECTURE, CardioMMNet
+
+__all__ = ["load_cardiomm_checkpoint", "read_checkpoint"]
+
+_MODEL_PREFIX = "model."
+
+
+def read_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
+    """The checked checkpoint dict of a CardioMM training run.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: unreadable/corrupted file, not a CardioMM checkpoint, or another architecture.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad files
+        raise ValueError(
+            f"cannot read checkpoint {path}: the file is corrupted, truncated or not a torch checkpoint "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        ) from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict' entry)")
+    found = checkpoint.get("cardiomm_architecture")
+    if found is None:
+        raise ValueError(f"{path} is not a CardioMM checkpoint (no 'cardiomm_architecture' entry)")
+    if found != ARCHITECTURE:
+        raise ValueError(
+            f"{path} holds architecture {found!r}, but this code builds {ARCHITECTURE!r}; "
+            "use the CardioMM version that wrote it, or retrain"
+        )
+    if not isinstance(checkpoint.get("cardiomm_model_kwargs"), dict):
+        raise ValueError(f"{path} has no 'cardiomm_model_kwargs' (the network's hyper-parameters)")
+    return checkpoint
+
+
+def load_cardiomm_checkpoint(
+    path: str | os.PathLike[str], map_location: str | torch.device | None = "cpu"
+) -> CardioMMNet:
+    """Build the network stored in a CardioMM checkpoint and load its weights (eval mode).
+
+    Args:
+        path: ``.ckpt`` file written while training with :mod:`cardiomm.training`.
+        map_location: where to put the tensors (as in :func:`torch.load`).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: corrupted file, another architecture, or weights that do not fit.
+    """
+    checkpoint = read_checkpoint(path, map_location)
+    kwargs = dict(checkpoint["cardiomm_model_kwargs"])
+    accepted = set(inspect.signature(CardioMMNet).parameters)
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ValueError(f"checkpoint {path} has network arguments this code does not know: {unknown}")
+    try:
+        model = CardioMMNet(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"checkpoint {path}: cannot build the network from {kwargs}: {err}") from err
+    state = {k[len(_MODEL_PREFIX) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(_MODEL_PREFIX)}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"checkpoint {path}: weights do not fit the network: {str(err).splitlines()[0]}") from err
+    if map_location is not None:
+        model.to(map_location)
+    return model.eval()

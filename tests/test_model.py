@@ -1,0 +1,278 @@
+"""Tests of the CardioMM network (cardiomm.model): shapes, data consistency, coil maps, context, memory options."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cardiomm.model import CardioMMNet, ComplexUNet, ContextBatch, ContextEncoder, SSIML1Loss, UnrolledCascade, ssim
+from cardiomm.model.context import CATEGORICAL_FIELDS, CONTINUOUS_FIELDS, canonical_vendor
+from cardiomm.model.unet2dt import SpatioTemporalConv
+from recon.coil_simulation import simulate_coil_maps
+from recon.conventions import fft2c, ifft2c
+from recon.masks import make_mask
+from recon.metrics import ssim as reference_ssim
+
+TINY = dict(num_cascades=2, channels=4, depth=2, sens_channels=4, sens_depth=2, context_dim=8, calib_max_size=16)
+
+KNOWN_CONTEXT = {
+    "modality": "cine", "view": "sax", "field_strength_t": 3.0, "vendor": "SIEMENS", "n_coils": 4,
+    "r_effective": 8.0, "r_cmrxrecon": 10.0, "pattern": "kt_gaussian", "calibration": "acs",
+}
+
+
+def synthetic_case(coils: int = 4, frames: int = 6, ny: int = 40, nx: int = 36, accel: float = 4.0, seed: int = 0,
+                   pattern: str = "kt_gaussian", acs_lines: int = 8):
+    """A beating disc imaged by simulated coils, undersampled: (kspace [1,C,T,ky,kx], mask, acs, target [1,T,y,x])."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(ny) - ny / 2, torch.arange(nx) - nx / 2, indexing="ij")
+    t = torch.arange(frames).reshape(-1, 1, 1)
+    radius = 0.25 * min(ny, nx) * (1 + 0.2 * torch.cos(2 * math.pi * t / frames))
+    body = ((yy / (0.45 * ny)) ** 2 + (xx / (0.45 * nx)) ** 2 < 1).float()
+    disc = (yy**2 + xx**2 < radius**2).float()
+    phase = torch.exp(1j * 0.3 * torch.rand(1, generator=g) * xx / nx)
+    image = ((0.3 * body + 0.7 * disc) * phase).to(torch.complex64)  # [T, y, x]
+    sens = simulate_coil_maps(coils, (ny, nx))[:, None]  # [C, 1, y, x]
+    full = fft2c(sens * image)  # [C, T, ky, kx]
+    m = make_mask(pattern, accel, (frames, ny, nx), seed=seed, acs_lines=acs_lines)
+    noise = 0.001 * torch.complex(torch.randn(full.shape, generator=g), torch.randn(full.shape, generator=g))
+    kspace = (full + noise) * m.mask
+    target = ifft2c(full).abs().pow(2).sum(0).sqrt()
+    acs = m.acs if m.acs is not None else torch.zeros_like(m.mask)
+    return kspace[None].to(torch.complex64), m.mask[None], acs[None], target[None].float()
+
+
+@pytest.mark.parametrize(
+    ("frames", "ny", "nx"), [(6, 40, 36), (5, 33, 47), (1, 32, 32), (3, 24, 29)]
+)
+def test_output_shapes_for_odd_even_sizes_and_frame_counts(frames: int, ny: int, nx: int) -> None:
+    torch.manual_seed(0)
+    net = CardioMMNet(**TINY).eval()
+    pattern = "uniform" if frames == 1 else "kt_gaussian"
+    kspace, mask, acs, _ = synthetic_case(frames=frames, ny=ny, nx=nx, pattern=pattern)
+    with torch.no_grad():
+        image, sens = net(kspace, mask, acs, KNOWN_CONTEXT, return_sensitivities=True)
+    assert image.shape == (1, frames, ny, nx) and image.dtype == torch.complex64
+    assert sens.shape == (1, 4, 1, ny, nx)
+    assert torch.isfinite(image.real).all() and torch.isfinite(image.imag).all()
+
+
+def test_batch_of_two_with_unbatched_mask_and_no_acs() -> None:
+    torch.manual_seed(0)
+    net = CardioMMNet(**TINY).eval()
+    k1, mask, _, _ = synthetic_case(seed=1)
+    k2, _, _, _ = synthetic_case(seed=2)
+    with torch.no_grad():
+        out = net(torch.cat([k1, k2 * mask]), mask[0], None, [KNOWN_CONTEXT, None])
+    assert out.shape == (2, 6, 40, 36)
+
+
+def test_3d_convolutions_and_cg_data_consistency_run() -> None:
+    torch.manual_seed(0)
+    net = CardioMMNet(**{**TINY, "conv_mode": "3d", "dc_mode": "cg", "cg_iterations": 2}).eval()
+    kspace, mask, acs, _ = synthetic_case(ny=33, nx=31)
+    with torch.no_grad():
+        out = net(kspace, mask, acs)
+    assert out.shape == (1, 6, 33, 31)
+
+
+class ZeroDenoiser(torch.nn.Module):
+    def forward(self, image: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        return torch.zeros_like(image)
+
+
+def test_soft_dc_keeps_measured_samples_exactly_with_eta_one_and_zero_denoiser() -> None:
+    kspace, mask, _, _ = synthetic_case()
+    sens = simulate_coil_maps(4, (40, 36))[None, :, None]
+    cascade = UnrolledCascade(ZeroDenoiser(), dc_mode="soft", dc_weight_init=1.0)
+    current = torch.randn(kspace.shape, dtype=torch.complex64)  # an arbitrary estimate
+    mask5 = mask[:, None]
+    new = cascade(current, kspace, mask5, sens)
+    m = mask5.expand_as(kspace)
+    # sampled entries are the measurements (k - (k - y) = y up to float rounding of |k| ~ 1)
+    torch.testing.assert_close(new[m], kspace[m], rtol=0, atol=1e-6)
+    assert torch.equal(new[~m], current[~m])  # the rest is untouched without a prior
+
+
+def test_soft_dc_weight_is_learned_and_interpolates() -> None:
+    kspace, mask, _, _ = synthetic_case()
+    sens = simulate_coil_maps(4, (40, 36))[None, :, None]
+    cascade = UnrolledCascade(ZeroDenoiser(), dc_mode="soft", dc_weight_init=0.25)
+    current = torch.zeros_like(kspace)
+    new = cascade(current, kspace, mask[:, None], sens)
+    torch.testing.assert_close(new, 0.25 * kspace)
+    new.abs().sum().backward()
+    assert cascade.dc_weight.grad is not None and cascade.dc_weight.grad.abs() > 0
+
+
+def test_cg_dc_with_zero_denoiser_fits_the_data() -> None:
+    kspace, mask, _, _ = synthetic_case()
+    sens = simulate_coil_maps(4, (40, 36)).to(torch.complex64)
+    sens = (sens / sens.abs().pow(2).sum(0).sqrt().clamp_min(1e-6))[None, :, None]
+    cascade = UnrolledCascade(ZeroDenoiser(), dc_mode="cg", cg_iterations=30, dc_weight_init=1e-4)
+    new = cascade(torch.zeros_like(kspace), kspace, mask[:, None], sens)
+    residual = ((new - kspace) * mask[:, None]).norm() / kspace.norm()
+    assert residual < 0.05
+
+
+def test_sensitivity_maps_have_unit_root_sum_of_squares() -> None:
+    torch.manual_seed(0)
+    net = CardioMMNet(**TINY).eval()
+    for pattern in ("kt_gaussian", "kt_radial", "uniform"):
+        kspace, mask, acs, target = synthetic_case(pattern=pattern, accel=6.0)
+        for acs_arg in (acs, None):  # ACS calibration, and time-averaged k-space without ACS
+            with torch.no_grad():
+                _, sens = net(kspace, mask, acs_arg, return_sensitivities=True)
+            power = sens.abs().pow(2).sum(dim=1)[:, 0]  # [batch, y, x]
+            signal = target.amax(dim=1) > 0.1 * target.max()
+            torch.testing.assert_close(power[signal], torch.ones_like(power[signal]), atol=1e-4, rtol=0)
+
+
+def test_context_batch_parsing() -> None:
+    known = ContextBatch.from_context(KNOWN_CONTEXT, 2)
+    assert known.categories.shape == (2, len(CATEGORICAL_FIELDS)) and bool((known.categories > 0).all())
+    assert bool(known.present.all()) and known.values.shape == (2, len(CONTINUOUS_FIELDS))
+    unknown = ContextBatch.from_context({"modality": "ultrasound", "vendor": "Acme", "r_effective": None}, 1)
+    assert bool((unknown.categories == 0).all()) and not bool(unknown.present.any())
+    collated = ContextBatch.from_context({"modality": ["cine", None], "n_coils": [10, None]}, 2)
+    assert collated.categories[0, 0] > 0 and collated.categories[1, 0] == 0
+    assert collated.present[:, list(CONTINUOUS_FIELDS).index("n_coils")].tolist() == [True, False]
+    assert canonical_vendor("GE MEDICAL SYSTEMS") == "ge" and canonical_vendor("Philips Medical Systems") == "philips"
+    assert canonical_vendor(None) is None and canonical_vendor("Unknown Corp") is None
+    with pytest.raises(ValueError, match="expected 3"):
+        ContextBatch.from_context({"modality": ["cine", "cine"]}, 3)
+    with pytest.raises(ValueError, match="context"):
+        ContextBatch.from_context(42, 1)
+
+
+def test_unknown_context_works_and_conditioning_changes_the_output() -> None:
+    torch.manual_seed(0)
+    net = CardioMMNet(**TINY).eval()
+    kspace, mask, acs, _ = synthetic_case()
+    with torch.no_grad():
+        with_context = net(kspace, mask, acs, KNOWN_CONTEXT)
+        without = net(kspace, mask, acs, None)
+        partial = net(kspace, mask, acs, {"modality": "cine", "vendor": "never-seen", "field_strength_t": None})
+        again = net(kspace, mask, acs, KNOWN_CONTEXT)
+    assert torch.isfinite(without.abs()).all()
+    torch.testing.assert_close(with_context, again)  # deterministic in eval mode
+    scale = with_context.abs().mean()
+    assert (with_context - without).abs().mean() > 1e-4 * scale
+    assert (with_context - partial).abs().mean() > 1e-4 * scale
+
+
+def test_context_encoder_field_dropout_only_in_training() -> None:
+    torch.manual_seed(0)
+    enc = ContextEncoder(8, field_dropout=0.5)
+    batch = ContextBatch.from_context(KNOWN_CONTEXT, 64)
+    enc.eval()
+    c = enc(batch)
+    assert torch.allclose(c, c[:1].expand_as(c))  # no dropout: every item identical
+    enc.train()
+    c = enc(batch)
+    assert not torch.allclose(c, c[:1].expand_as(c))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients() -> None:
+    torch.manual_seed(0)
+    plain = CardioMMNet(**TINY, context_dropout=0.0)
+    checkpointed = CardioMMNet(**TINY, context_dropout=0.0, gradient_checkpointing=True)
+    checkpointed.load_state_dict(plain.state_dict())
+    kspace, mask, acs, target = synthetic_case(frames=4, ny=24, nx=28)
+    grads = []
+    for net in (plain, checkpointed):
+        net.train()
+        loss = SSIML1Loss()(net(kspace, mask, acs, KNOWN_CONTEXT).abs(), target, target.amax())
+        net.zero_grad()
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_a_few_optimisation_steps_reduce_the_loss() -> None:
+    torch.manual_seed(0)
+    net = CardioMMNet(**TINY, context_dropout=0.0)
+    kspace, mask, acs, target = synthetic_case(frames=4, ny=32, nx=32, accel=6.0)
+    loss_fn = SSIML1Loss(ssim_weight=1.0, l1_weight=1.0)
+    optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(8):
+        loss = loss_fn(net(kspace, mask, acs, KNOWN_CONTEXT).abs(), target, target.amax())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.9 * losses[0], losses
+
+
+def test_bf16_autocast_keeps_physics_in_float32() -> None:
+    torch.manual_seed(0)
+    net = CardioMMNet(**TINY).eval()
+    kspace, mask, acs, _ = synthetic_case(frames=3, ny=24, nx=24)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(kspace, mask, acs, KNOWN_CONTEXT)
+        reference = None
+    with torch.no_grad():
+        reference = net(kspace, mask, acs, KNOWN_CONTEXT)
+    assert out.dtype == torch.complex64 and torch.isfinite(out.abs()).all()
+    assert (out - reference).abs().mean() < 0.1 * reference.abs().mean()
+
+
+def test_complex_unet_pads_and_crops_and_undoes_normalisation() -> None:
+    torch.manual_seed(0)
+    unet = ComplexUNet(channels=4, depth=2, context_dim=8).eval()
+    for p in unet.unet.head.parameters():
+        torch.nn.init.zeros_(p)  # network output 0 -> the wrapper returns the input's mean
+    x = torch.randn(2, 3, 13, 17, dtype=torch.complex64) * 5 + (2 - 1j)
+    with torch.no_grad():
+        out = unet(x, torch.randn(2, 8))
+    assert out.shape == x.shape
+    torch.testing.assert_close(out, x.mean(dim=(1, 2, 3), keepdim=True).expand_as(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["2+1d", "3d"])
+def test_temporal_convolution_mixes_neighbouring_frames_only(mode: str) -> None:
+    conv = SpatioTemporalConv(1, 1, temporal_kernel=3, mode=mode)
+    torch.nn.init.constant_(conv.spatial.weight, 1.0)
+    if conv.temporal is not None:
+        torch.nn.init.constant_(conv.temporal.weight, 1.0)
+    x = torch.zeros(1, 1, 5, 8, 8)
+    x[0, 0, 0, 4, 4] = 1.0  # an impulse in the first frame
+    with torch.no_grad():
+        energy = conv(x).abs().sum(dim=(0, 1, 3, 4))
+    assert energy[0] > 0 and energy[1] > 0  # reaches the next frame
+    assert torch.all(energy[2:] == 0)  # no wrap-around to the last frame, nothing further
+    for frames in (1, 2):
+        assert conv(torch.randn(1, 1, frames, 6, 6)).shape == (1, 1, frames, 6, 6)
+
+
+def test_bad_inputs_give_clear_errors() -> None:
+    net = CardioMMNet(**TINY).eval()
+    kspace, mask, acs, _ = synthetic_case()
+    with pytest.raises(ValueError, match=r"\[batch, coil, time, ky, kx\]"):
+        net(kspace[0], mask, acs)
+    with pytest.raises(ValueError, match="sampling mask"):
+        net(kspace, mask[..., :10], acs)
+    with pytest.raises(ValueError, match="complex"):
+        net(kspace.abs(), mask, acs)
+    with pytest.raises(ValueError, match="num_cascades"):
+        CardioMMNet(num_cascades=0)
+    with pytest.raises(ValueError, match="data-consistency mode"):
+        CardioMMNet(**{**TINY, "dc_mode": "hard"})
+
+
+def test_torch_ssim_matches_the_reported_metric() -> None:
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(2, 3, 20, 23, generator=g)
+    prediction = target + 0.2 * torch.rand(2, 3, 20, 23, generator=g)
+    ours = ssim(prediction, target, target.amax(dim=(1, 2, 3)))
+    for b in range(2):
+        expected = reference_ssim(target[b], prediction[b], data_range=float(target[b].max()))
+        assert abs(float(ours[b]) - expected) < 1e-4
+    assert float(ssim(target, target, 1.0).min()) == pytest.approx(1.0, abs=1e-6)
+    with pytest.raises(ValueError, match="smaller than"):
+        ssim(target[..., :5, :5], target[..., :5, :5], 1.0)
