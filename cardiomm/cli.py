@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 #: Subcommand modules, in the order ``cardiomm --help`` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
+    "cardiomm.commands.bench",
     "cardiomm.commands.demo",
     "cardiomm.commands.masks",
     "cardiomm.commands.phantom",

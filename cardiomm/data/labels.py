@@ -7,12 +7,14 @@ these before use.
 
 from __future__ import annotations
 
-__all__ = ["LABELS", "BACKGROUND", "LV_BLOOD", "LV_MYOCARDIUM", "RV_BLOOD"]
+__all__ = ["LABELS", "BACKGROUND", "LV_BLOOD", "LV_MYOCARDIUM", "RV_BLOOD", "LABEL_IGNORE"]
 
 BACKGROUND = 0
 LV_BLOOD = 1  # left-ventricular blood pool (inside the endocardium)
 LV_MYOCARDIUM = 2  # between endocardium and epicardium
 RV_BLOOD = 3  # right-ventricular blood pool
+#: Label value of unlabelled pixels/frames (ignored by losses and metrics).
+LABEL_IGNORE = 255
 
 #: label value -> name
 LABELS: dict[int, str] = {

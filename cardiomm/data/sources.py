@@ -67,6 +67,7 @@ import numpy as np
 import torch
 
 from cardiomm.data.errors import DataFileError
+from cardiomm.data.labels import LABEL_IGNORE
 from cardiomm.data.metadata import ScanMetadata
 from cardiomm.data.phantom import PhantomCine, make_phantom
 
@@ -83,8 +84,6 @@ __all__ = [
     "parse_phantom_spec",
 ]
 
-#: Label value of unlabelled pixels/frames (ignored by losses and metrics).
-LABEL_IGNORE = 255
 #: File suffixes of k-space files a folder spec expands to.
 RAW_SUFFIXES: tuple[str, ...] = (".h5", ".mrd", ".mat")
 _ISMRMRD_SUFFIXES = (".h5", ".mrd")

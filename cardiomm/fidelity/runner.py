@@ -1,0 +1,257 @@
+"""Biomarker fidelity: how far do images, segmentations and clinical numbers move when a
+fully sampled cine is undersampled and reconstructed?
+
+For every case (a fully sampled multi-coil cine: phantom seed, simulated acquisition from a
+DICOM folder, ISMRMRD raw file), the *reference* is the root-sum-of-squares image of the fully
+sampled k-space, segmented by the same segmenter as every reconstruction.  For each pattern,
+acceleration R and method the k-space is undersampled retrospectively (:func:`recon.masks.make_mask`,
+R effective), reconstructed, segmented, and scored against the reference:
+
+* image: PSNR / SSIM / NMSE per slice (volume normalisation of :mod:`recon.metrics`), averaged;
+* segmentation: Dice per class over the whole stack versus the reference segmentation;
+* biomarkers (:func:`segment.biomarkers.compute_biomarkers`, ED/ES found in each stack):
+  LVEDV, LVESV, LVEF, LV mass, RVEDV, RVEF, as differences ``method - reference``; across cases
+  they are summarised as Bland-Altman bias and 95% limits of agreement.
+
+When a case has true labels (the phantom), the reference segmentation is also scored against
+them, so that segmentation error and reconstruction error can be told apart.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from cardiomm.data.labels import LABEL_IGNORE
+from cardiomm.data.metadata import ScanMetadata
+from cardiomm.data.sources import load_source
+from cardiomm.fidelity.agreement import bland_altman, dice_per_class
+from cardiomm.fidelity.methods import MethodRunner
+from recon.conventions import ifft2c, rss
+from recon.masks import make_mask
+from recon.metrics import image_metrics
+from segment.biomarkers import compute_biomarkers
+
+#: Biomarkers compared, with their units.
+BIOMARKERS: dict[str, str] = {
+    "lvedv_ml": "mL",
+    "lvesv_ml": "mL",
+    "lvef_percent": "%",
+    "lv_mass_g": "g",
+    "rvedv_ml": "mL",
+    "rvef_percent": "%",
+}
+
+
+class Segmenter(Protocol):
+    """Anything that labels magnitude images: ``segment(images [..., y, x], pixel_spacing_mm) -> uint8 [..., y, x]``."""
+
+    def segment(self, images: np.ndarray, pixel_spacing_mm: tuple[float, float]) -> np.ndarray: ...
+
+
+@dataclass
+class FidelityCase:
+    """One fully sampled cine scan.
+
+    Attributes:
+        name: short name for tables.
+        spec: the source spec it was loaded from.
+        kspace: complex64 ``[slice, coil, time, ky, kx]``, fully sampled.
+        reference: float32 ``[slice, time, y, x]`` RSS magnitude of the fully sampled k-space.
+        metadata: the scan's metadata (spacing in mm).
+        labels: true labels ``[slice, time, y, x]`` (phantom) or manual ones, or None.
+        truth: true biomarkers of the scan (phantom), or None.
+    """
+
+    name: str
+    spec: str
+    kspace: torch.Tensor
+    reference: np.ndarray
+    metadata: ScanMetadata
+    labels: np.ndarray | None = None
+    truth: dict[str, Any] | None = None
+
+    @property
+    def pixel_spacing_mm(self) -> tuple[float, float]:
+        ps = self.metadata.pixel_spacing_mm
+        if ps is None:
+            raise ValueError(f"{self.spec}: the scan has no pixel spacing, so volumes cannot be computed")
+        return float(ps[0]), float(ps[1])
+
+    @property
+    def slice_spacing_mm(self) -> float:
+        ss = self.metadata.slice_spacing_mm or self.metadata.slice_thickness_mm
+        if ss is None:
+            raise ValueError(f"{self.spec}: the scan has no slice spacing or thickness, so volumes cannot be computed")
+        return float(ss)
+
+
+def load_case(
+    spec: str,
+    *,
+    n_coils: int = 10,
+    seed: int = 0,
+    snr_db: float | None = 30.0,
+    slices: Sequence[int] | None = None,
+    name: str | None = None,
+) -> FidelityCase:
+    """Load a fully sampled case from a source spec (see :mod:`cardiomm.data.sources`)."""
+    src = load_source(spec, n_coils=n_coils, seed=seed, snr_db=snr_db, slices=slices)
+    reference = rss(ifft2c(src.kspace)).numpy().astype(np.float32)
+    labels = None if src.labels is None else src.labels.numpy()
+    truth = src.truth if slices is None else None  # the truth is for the whole scan
+    return FidelityCase(name or _short_name(spec), spec, src.kspace, reference, src.metadata, labels, truth)
+
+
+def _short_name(spec: str) -> str:
+    text = spec.split("?")[0].rstrip("/")
+    return text if text.startswith("phantom:") else text.split("/")[-1]
+
+
+def _biomarkers(labels: np.ndarray, case: FidelityCase) -> dict[str, Any]:
+    b = compute_biomarkers(labels, case.pixel_spacing_mm, case.slice_spacing_mm, heart_rate_bpm=case.metadata.heart_rate_bpm)
+    return b.to_dict()
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if x is not None and math.isfinite(float(x)) else None
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    v = [x for x in values if x is not None and math.isfinite(x)]
+    return float(np.mean(v)) if v else None
+
+
+@dataclass
+class FidelityResult:
+    """Everything :func:`run_fidelity` measured (see :meth:`to_dict` for the JSON layout)."""
+
+    cases: list[dict[str, Any]] = field(default_factory=list)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    strips: dict[str, dict[str, Any]] = field(default_factory=dict)  # images for figures, not in JSON
+    seconds_total: float = 0.0
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Per (method, pattern, R): means over cases and Bland-Altman of every biomarker."""
+        groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
+        for run in self.runs:
+            groups.setdefault((run["method"], run["pattern"], run["accel_requested"]), []).append(run)
+        rows = []
+        for (method, pattern, accel), runs in groups.items():
+            row: dict[str, Any] = {
+                "method": method,
+                "pattern": pattern,
+                "accel_requested": accel,
+                "r_effective": _mean([r["r_effective"] for r in runs]),
+                "r_cmrxrecon": _mean([r["r_cmrxrecon"] for r in runs]),
+                "n_cases": len(runs),
+                "psnr_db": _mean([r["image"]["psnr_db"] for r in runs]),
+                "ssim": _mean([r["image"]["ssim"] for r in runs]),
+                "nmse": _mean([r["image"]["nmse"] for r in runs]),
+                "seconds_per_slice": _mean([r["seconds_per_slice"] for r in runs]),
+                "dice": {k: _mean([r["dice_vs_reference"][k] for r in runs]) for k in ("lv", "myo", "rv")},
+                "bland_altman": {},
+            }
+            for key in BIOMARKERS:
+                ref = [r["reference_biomarkers"].get(key) for r in runs]
+                test = [r["biomarkers"].get(key) for r in runs]
+                row["bland_altman"][key] = bland_altman(ref, test).to_dict()
+            rows.append(row)
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cases": self.cases, "runs": self.runs, "summary": self.summary(), "seconds_total": self.seconds_total}
+
+
+def run_fidelity(
+    cases: Sequence[FidelityCase],
+    methods: Sequence[MethodRunner],
+    segmenter: Segmenter,
+    *,
+    accels: Sequence[float] = (4, 8, 12, 16, 20, 24),
+    patterns: Sequence[str] = ("kt_gaussian",),
+    mask_seed: int = 0,
+    on_step: Callable[[str], None] | None = None,
+) -> FidelityResult:
+    """Undersample, reconstruct, segment and score every case at every (pattern, R) and method.
+
+    ``result.strips`` keeps, per case, the mid slice at the reference's end-diastolic frame
+    of the reference and of every reconstruction (image and labels), for figures.
+
+    Args:
+        cases: fully sampled scans (:func:`load_case`).
+        methods: reconstruction runners (:func:`cardiomm.fidelity.methods.make_method`).
+        segmenter: labels magnitude images (the same one for reference and reconstructions).
+        accels: effective accelerations R.
+        patterns: mask patterns of :mod:`recon.masks`.
+        mask_seed: seed of every mask (the same mask for every method).
+        on_step: called with a description before every reconstruction (progress display).
+    """
+    result = FidelityResult()
+    t_start = time.perf_counter()
+    for case in cases:
+        ref_labels = segmenter.segment(case.reference, case.pixel_spacing_mm)
+        ref_bio = _biomarkers(ref_labels, case)
+        info: dict[str, Any] = {
+            "name": case.name,
+            "spec": case.spec,
+            "simulated": bool(case.metadata.simulated),
+            "source": case.metadata.source,
+            "shape_slice_coil_time_ky_kx": list(case.kspace.shape),
+            "pixel_spacing_mm": list(case.pixel_spacing_mm),
+            "slice_spacing_mm": case.slice_spacing_mm,
+            "reference_biomarkers": ref_bio,
+            "truth": case.truth,
+        }
+        if case.labels is not None:
+            info["reference_segmentation_dice_vs_labels"] = dice_per_class(case.labels, ref_labels, ignore=LABEL_IGNORE)
+        result.cases.append(info)
+        mid = case.reference.shape[0] // 2
+        ed = int(ref_bio["ed_frame"]) if ref_bio.get("ed_frame") is not None else 0
+        strip = result.strips.setdefault(case.name, {"reference": case.reference[mid, ed], "reference_labels": ref_labels[mid, ed],
+                                                     "slice": mid, "frame": ed, "recons": {}})
+        for pattern in patterns:
+            for accel in accels:
+                sampling = make_mask(pattern, float(accel), tuple(case.kspace.shape[-3:]), seed=mask_seed)
+                for runner in methods:
+                    if on_step is not None:
+                        on_step(f"{case.name} {pattern} R={float(accel):g} {runner.name}")
+                    images = runner(case.kspace, sampling, case.metadata)
+                    magnitude = images.abs().numpy().astype(np.float32)
+                    labels = segmenter.segment(magnitude, case.pixel_spacing_mm)
+                    bio = _biomarkers(labels, case)
+                    per_slice = [image_metrics(case.reference[s], magnitude[s]) for s in range(magnitude.shape[0])]
+                    run = {
+                        "case": case.name,
+                        "method": runner.name,
+                        "pattern": pattern,
+                        "accel_requested": float(accel),
+                        "r_effective": sampling.r_effective,
+                        "r_cmrxrecon": sampling.r_cmrxrecon,
+                        "calibration": sampling.calibration,
+                        "image": {
+                            "psnr_db": _mean([_finite(m.psnr_db) for m in per_slice]),
+                            "ssim": _mean([_finite(m.ssim) for m in per_slice]),
+                            "nmse": _mean([_finite(m.nmse) for m in per_slice]),
+                            "normalization": per_slice[0].normalization,
+                        },
+                        "dice_vs_reference": dice_per_class(ref_labels, labels),
+                        "biomarkers": bio,
+                        "reference_biomarkers": ref_bio,
+                        "errors": {
+                            k: (None if bio.get(k) is None or ref_bio.get(k) is None else float(bio[k]) - float(ref_bio[k]))
+                            for k in BIOMARKERS
+                        },
+                        "seconds_per_slice": runner.seconds_per_slice[-1],
+                        "device": str(runner.device),
+                    }
+                    result.runs.append(run)
+                    strip["recons"][(runner.name, pattern, float(accel))] = (magnitude[mid, ed], labels[mid, ed])
+    result.seconds_total = time.perf_counter() - t_start
+    return result
