@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cardiomm.commands.demo",
     "cardiomm.commands.masks",
     "cardiomm.commands.phantom",
+    "cardiomm.commands.recon",
     "cardiomm.commands.train",
 )
 
