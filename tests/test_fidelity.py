@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cardiomm.fidelity.agreement import bland_altman, dice_per_class
-from cardiomm.fidelity.methods import MethodRunner, make_method, resolve_device
+from cardiomm.fidelity.methods import MethodRunner, make_method
 from cardiomm.fidelity import report as rep
 from cardiomm.fidelity.runner import BIOMARKERS, load_case, run_fidelity
 from recon.conventions import ifft2c, rss
@@ -103,6 +103,6 @@ def test_bad_inputs(case):
         make_method("nope", "cpu")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA"):
-            resolve_device("cuda")
+            make_method("zero-filled", "cuda")
     with pytest.raises(ValueError, match="slice, coil, time"):
         make_method("zero-filled", "cpu")(case.kspace[0], None)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from cardiomm.data.metadata import ScanMetadata
+from cardiomm.inference import resolve_device
 from recon.classical import METHODS
 from recon.masks import SamplingMask
 
@@ -58,11 +59,8 @@ class MethodRunner:
         return images
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything else as given (checked)."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+def _device(device: str | torch.device) -> torch.device:
+    dev = resolve_device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but no CUDA device is available")
     return dev
@@ -85,7 +83,7 @@ def make_method(
         batch_size: slices per network call (CardioMM).
         **params: options of the classical method (e.g. ``max_iter``).
     """
-    dev = resolve_device(device)
+    dev = _device(device)
     if name == "cardiomm":
         from cardiomm.inference import load_reconstructor
 

@@ -41,7 +41,7 @@ def _label(method: str) -> str:
     return METHOD_LABELS.get(method, method)
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def save_figure(fig: plt.Figure, path: Path) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
@@ -95,7 +95,7 @@ def error_vs_r_figure(result: FidelityResult, path: Path) -> Path:
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def bland_altman_figure(result: FidelityResult, path: Path, accel: float | None = None) -> Path:
@@ -131,7 +131,7 @@ def bland_altman_figure(result: FidelityResult, path: Path, accel: float | None 
     fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), fontsize=8)
     fig.suptitle(f"Bland-Altman at R = {accel:g} (lines: bias and 95% limits of agreement)", fontsize=10)
     fig.tight_layout(rect=(0, 0.06, 1, 0.96))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def image_strip_figure(result: FidelityResult, case: str, path: Path, pattern: str | None = None) -> Path:
@@ -154,10 +154,10 @@ def image_strip_figure(result: FidelityResult, case: str, path: Path, pattern: s
             overlay(axes[i, j + 1], image, labels, f"{_label(method)}\n{pattern} R={accel:g}", vmax)
     fig.suptitle(f"{case}: slice {strip['slice']}, frame {strip['frame']} (ED); colours: LV blood, myocardium, RV", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _fmt(v: Any, digits: int = 2) -> str:
+def fmt(v: Any, digits: int = 2) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "-"
     if isinstance(v, float):
@@ -171,15 +171,15 @@ def summary_table_rows(result: FidelityResult) -> tuple[list[str], list[list[str
     header += [f"d{BIOMARKER_LABELS[k]} bias [LoA]" for k in BIOMARKERS] + ["s/slice"]
     rows = []
     for r in sorted(result.summary(), key=lambda r: (r["pattern"], r["accel_requested"], r["method"])):
-        row = [_label(r["method"]), r["pattern"], _fmt(r["r_effective"], 1), _fmt(r["r_cmrxrecon"], 1),
-               _fmt(r["psnr_db"]), _fmt(r["ssim"], 3), _fmt(r["dice"]["lv"], 3), _fmt(r["dice"]["myo"], 3), _fmt(r["dice"]["rv"], 3)]
+        row = [_label(r["method"]), r["pattern"], fmt(r["r_effective"], 1), fmt(r["r_cmrxrecon"], 1),
+               fmt(r["psnr_db"]), fmt(r["ssim"], 3), fmt(r["dice"]["lv"], 3), fmt(r["dice"]["myo"], 3), fmt(r["dice"]["rv"], 3)]
         for k in BIOMARKERS:
             ba = r["bland_altman"][k]
-            cell = _fmt(ba["mean_difference"], 1)
+            cell = fmt(ba["mean_difference"], 1)
             if ba["n"] and ba["n"] > 1:
-                cell += f" [{_fmt(ba['loa_low'], 1)}, {_fmt(ba['loa_high'], 1)}]"
+                cell += f" [{fmt(ba['loa_low'], 1)}, {fmt(ba['loa_high'], 1)}]"
             row.append(cell)
-        row.append(_fmt(r["seconds_per_slice"], 2))
+        row.append(fmt(r["seconds_per_slice"], 2))
         rows.append(row)
     return header, rows
 

@@ -242,6 +242,7 @@ def run_fidelity(
                             "normalization": per_slice[0].normalization,
                         },
                         "dice_vs_reference": dice_per_class(ref_labels, labels),
+                        "dice_vs_labels": None if case.labels is None else dice_per_class(case.labels, labels, ignore=LABEL_IGNORE),
                         "biomarkers": bio,
                         "reference_biomarkers": ref_bio,
                         "errors": {
