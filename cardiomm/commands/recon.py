@@ -28,8 +28,10 @@ Beyond one machine (Lightning predict, DDP sharding of the file list):
       one machine, 4 GPUs: Lightning starts 4 processes; each reconstructs its share of the
       files on its own GPU and writes its outputs itself (no file is done twice).
   srun --nodes 2 --ntasks-per-node 4 cardiomm recon scans/ --out recon/ --strategy ddp --devices 4 --num-nodes 2
-  torchrun --nnodes 2 --nproc-per-node 4 ... -m cardiomm.cli recon scans/ --out recon/ --strategy ddp --devices 4 --num-nodes 2
-      several nodes (SLURM or torchrun start the processes; --out must be a shared file system).
+  torchrun --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \
+      -m cardiomm.cli recon scans/ --out recon/ --strategy ddp --devices 4 --num-nodes 2
+      several nodes (SLURM or torchrun start the processes; --out must be a shared file system;
+      every process lists the inputs itself, so they must be visible to every node).
   --device cpu --strategy ddp --devices 2 runs 2 CPU processes (for testing).
 """
 
@@ -189,6 +191,16 @@ def _run_distributed(args, settings, inputs: list[Path], names, out: Path) -> in
     from cardiomm.batch.job import BatchJob, resolve_device
 
     dev = resolve_device(args.device)  # checks that CUDA exists when asked for
+    if settings.method == "cardiomm":
+        from cardiomm.inference import DEFAULT_CHECKPOINT
+
+        ckpt = Path(settings.checkpoint) if settings.checkpoint else DEFAULT_CHECKPOINT
+        if not ckpt.is_file():
+            raise SetupError(f"CardioMM checkpoint {ckpt} does not exist")
+    if args.quiet:
+        import logging
+
+        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     accelerator = "gpu" if dev.type == "cuda" else "cpu"
     devices = args.devices if args.devices == "auto" else int(args.devices)
     module, trainer = run_distributed(
