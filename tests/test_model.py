@@ -9,7 +9,8 @@ import torch
 
 from cardiomm.model import CardioMMNet, ComplexUNet, ContextBatch, ContextEncoder, SSIML1Loss, UnrolledCascade, ssim
 from cardiomm.model.context import CATEGORICAL_FIELDS, CONTINUOUS_FIELDS, canonical_vendor
-from cardiomm.model.unet2dt import SpatioTemporalConv
+from cardiomm.model.fft_layout import expand, from_fft_order, mask_to_fft_order, reduce, to_fft_order
+from cardiomm.model.unet2dt import SpatioTemporalConv, _upsample
 from recon.coil_simulation import simulate_coil_maps
 from recon.conventions import fft2c, ifft2c
 from recon.masks import make_mask
@@ -112,6 +113,7 @@ def test_cg_dc_with_zero_denoiser_fits_the_data() -> None:
     sens = simulate_coil_maps(4, (40, 36)).to(torch.complex64)
     sens = (sens / sens.abs().pow(2).sum(0).sqrt().clamp_min(1e-6))[None, :, None]
     cascade = UnrolledCascade(ZeroDenoiser(), dc_mode="cg", cg_iterations=30, dc_weight_init=1e-4)
+    kspace, mask = to_fft_order(kspace), mask_to_fft_order(mask)  # the cascades' k-space layout
     new = cascade(torch.zeros_like(kspace), kspace, mask[:, None], sens)
     residual = ((new - kspace) * mask[:, None]).norm() / kspace.norm()
     assert residual < 0.05
@@ -276,3 +278,51 @@ def test_torch_ssim_matches_the_reported_metric() -> None:
     assert float(ssim(target, target, 1.0).min()) == pytest.approx(1.0, abs=1e-6)
     with pytest.raises(ValueError, match="smaller than"):
         ssim(target[..., :5, :5], target[..., :5, :5], 1.0)
+
+
+@pytest.mark.parametrize("ny, nx", [(8, 6), (7, 9), (6, 5)])
+def test_fft_order_layout_matches_the_centred_sense_model(ny: int, nx: int) -> None:
+    g = torch.Generator().manual_seed(ny * nx)
+    k = torch.randn(1, 3, 2, ny, nx, dtype=torch.complex64, generator=g)
+    sens = torch.randn(1, 3, 1, ny, nx, dtype=torch.complex64, generator=g)
+    image = torch.randn(1, 2, ny, nx, dtype=torch.complex64, generator=g)
+    k_fft = to_fft_order(k)
+    torch.testing.assert_close(from_fft_order(k_fft), k, atol=1e-6, rtol=0)
+    torch.testing.assert_close(reduce(k_fft, sens), (sens.conj() * ifft2c(k)).sum(1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(from_fft_order(expand(image, sens)), fft2c(sens * image[:, None]), atol=1e-5, rtol=1e-5)
+    mask = torch.rand(2, ny, nx, generator=g) > 0.5
+    torch.testing.assert_close(to_fft_order(k * mask), k_fft * mask_to_fft_order(mask))
+
+
+@pytest.mark.parametrize("temporal_kernel", [1, 3, 5])
+def test_factorised_convolutions_equal_their_conv3d_definition(temporal_kernel: int) -> None:
+    torch.manual_seed(temporal_kernel)
+    conv = SpatioTemporalConv(3, 5, temporal_kernel, "2+1d")
+    x = torch.randn(2, 3, 6, 10, 12)
+    expected = conv.spatial(x)
+    if conv.temporal is not None:
+        expected = conv.temporal(expected)
+    torch.testing.assert_close(conv(x), expected, atol=1e-5, rtol=1e-5)
+    up = torch.nn.ConvTranspose3d(3, 4, (1, 2, 2), stride=(1, 2, 2), bias=False)
+    torch.testing.assert_close(_upsample(up, x), up(x), atol=1e-5, rtol=1e-5)
+
+
+def test_cpu_options_pixel_unshuffle_and_virtual_coils() -> None:
+    from cardiomm.model.cardiomm_net import compress_coils
+
+    kspace, mask, acs, _ = synthetic_case(coils=6, ny=33, nx=31)
+    full = compress_coils(kspace, 6)  # all components: a unitary change of coil basis
+    torch.testing.assert_close(full.norm(), kspace.norm(), rtol=1e-4, atol=0)
+    four = compress_coils(kspace, 4)
+    assert four.shape == (1, 4, *kspace.shape[2:])
+    assert bool((four[:, :, ~mask[0]] == 0).all())  # unsampled entries stay zero
+    assert four.norm() <= kspace.norm() * (1 + 1e-5) and four.norm() > 0.8 * kspace.norm()
+    torch.manual_seed(0)
+    net = CardioMMNet(**{**TINY, "pixel_unshuffle": 2, "virtual_coils": 4}).eval()
+    with torch.no_grad():
+        out, sens = net(kspace, mask, acs, return_sensitivities=True)
+    assert out.shape == (1, 6, 33, 31) and sens.shape[1] == 4 and torch.isfinite(out.real).all()
+    with pytest.raises(ValueError, match="pixel_unshuffle"):
+        ComplexUNet(pixel_unshuffle=0)
+    with pytest.raises(ValueError, match="virtual_coils"):
+        CardioMMNet(**{**TINY, "virtual_coils": 0})

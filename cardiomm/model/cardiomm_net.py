@@ -24,11 +24,26 @@ from cardiomm.model.cascade import UnrolledCascade
 from cardiomm.model.complex_unet import ComplexUNet
 from cardiomm.model.context import ContextBatch, ContextEncoder
 from cardiomm.model.sensitivity_net import SensitivityNet
+from cardiomm.model.fft_layout import mask_to_fft_order, reduce, to_fft_order
 from recon.conventions import require_complex, shape_str
-from recon.operators import SenseOp
 
 #: Version string of this architecture, stored in checkpoints and checked when loading them.
 ARCHITECTURE = "cardiomm-unrolled-2dt-v1"
+
+
+def compress_coils(kspace: torch.Tensor, n_virtual: int) -> torch.Tensor:
+    """PCA coil compression: ``[batch, coil, time, ky, kx] -> [batch, n_virtual, time, ky, kx]``.
+
+    The virtual coils are the ``n_virtual`` principal components of the coil covariance of the
+    (undersampled) k-space itself, ``sum_k y_c(k) conj(y_d(k))``; a unitary projection, so
+    sampled entries stay sampled (zeros stay zeros) and the SENSE model keeps its form.
+    """
+    b, coils = kspace.shape[:2]
+    flat = kspace.reshape(b, coils, -1)
+    covariance = flat @ flat.conj().transpose(1, 2)  # [batch, coil, coil], Hermitian
+    _, vectors = torch.linalg.eigh(covariance)  # ascending eigenvalues
+    basis = vectors[..., -n_virtual:].flip(-1)  # [batch, coil, n_virtual], strongest first
+    return (basis.conj().transpose(1, 2) @ flat).reshape(b, n_virtual, *kspace.shape[2:])
 
 
 class CardioMMNet(nn.Module):
@@ -49,6 +64,10 @@ class CardioMMNet(nn.Module):
         dc_mode: ``"soft"`` (learned gradient step) or ``"cg"`` (proximal step by conjugate gradients).
         cg_iterations: CG steps per cascade when ``dc_mode="cg"``.
         gradient_checkpointing: recompute each cascade in the backward pass (saves memory).
+        pixel_unshuffle: space-to-depth factor of the cascade denoisers (2: their U-Nets run at half
+            resolution on ``8`` channels per pixel; see :class:`~cardiomm.model.complex_unet.ComplexUNet`).
+        virtual_coils: compress k-space with more coils than this to this many virtual coils
+            (:func:`compress_coils`, PCA over the measured samples) before everything else; None = never.
     """
 
     def __init__(
@@ -67,16 +86,21 @@ class CardioMMNet(nn.Module):
         dc_mode: str = "soft",
         cg_iterations: int = 5,
         gradient_checkpointing: bool = False,
+        pixel_unshuffle: int = 1,
+        virtual_coils: int | None = None,
     ) -> None:
         super().__init__()
         if num_cascades < 1:
             raise ValueError(f"num_cascades must be >= 1, got {num_cascades}")
+        if virtual_coils is not None and (isinstance(virtual_coils, bool) or int(virtual_coils) < 1):
+            raise ValueError(f"virtual_coils must be a positive integer or None, got {virtual_coils!r}")
+        self.virtual_coils = None if virtual_coils is None else int(virtual_coils)
         self.gradient_checkpointing = bool(gradient_checkpointing)
         self.context_encoder = ContextEncoder(context_dim, field_dropout=context_dropout)
         self.sensitivity_net = SensitivityNet(sens_channels, sens_depth, context_dim, calib_max_size)
         self.cascades = nn.ModuleList(
             UnrolledCascade(
-                ComplexUNet(channels, depth, context_dim, temporal_kernel, conv_mode, channel_attention),
+                ComplexUNet(channels, depth, context_dim, temporal_kernel, conv_mode, channel_attention, pixel_unshuffle),
                 dc_mode=dc_mode,
                 cg_iterations=cg_iterations,
             )
@@ -135,16 +159,21 @@ class CardioMMNet(nn.Module):
         if context.batch_size != kspace.shape[0]:
             raise ValueError(f"context has {context.batch_size} items, k-space {shape_str(kspace.shape)}")
         kspace = kspace.to(torch.complex64)
+        if self.virtual_coils is not None and kspace.shape[1] > self.virtual_coils:
+            with torch.autocast(device_type=kspace.device.type, enabled=False):
+                kspace = compress_coils(kspace, self.virtual_coils)
         c = self.context_encoder(context.to(kspace.device))
         sens = self.sensitivity_net(kspace, mask, acs, c)
-        mask5 = mask.unsqueeze(1)  # [batch, 1, time, ky, kx] broadcasts over coils
-        k = kspace
+        # the cascades work on k-space in FFT order (no shifts; see cardiomm.model.fft_layout)
+        mask5 = mask_to_fft_order(mask).unsqueeze(1)  # [batch, 1, time, ky, kx] broadcasts over coils
+        y = to_fft_order(kspace)
+        k = y
         checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for cascade in self.cascades:
             if checkpointing:
-                k = torch.utils.checkpoint.checkpoint(cascade, k, kspace, mask5, sens, c, use_reentrant=False)
+                k = torch.utils.checkpoint.checkpoint(cascade, k, y, mask5, sens, c, use_reentrant=False)
             else:
-                k = cascade(k, kspace, mask5, sens, c)
+                k = cascade(k, y, mask5, sens, c)
         with torch.autocast(device_type=kspace.device.type, enabled=False):
-            image = SenseOp(sens).adjoint(k)
+            image = reduce(k, sens)
         return (image, sens) if return_sensitivities else image

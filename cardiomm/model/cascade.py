@@ -17,7 +17,8 @@ proximal data consistency (``dc_mode="cg"``, MoDL style)::
 
 ``eta`` and ``lam`` (kept positive through a softplus) are learned per cascade.  All the
 physics runs in float32/complex64 with autocast disabled, on the device of the inputs; only
-the denoiser may run in reduced precision.
+the denoiser may run in reduced precision.  k-space is in FFT order
+(:mod:`cardiomm.model.fft_layout`): ``F`` is the plain orthonormal FFT, no shifts.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cardiomm.model.fft_layout import expand, reduce
 from recon.classical.solvers import conjugate_gradient
-from recon.operators import SamplingOp, SenseOp
 
 DC_MODES: tuple[str, ...] = ("soft", "cg")
 
@@ -74,28 +75,28 @@ class UnrolledCascade(nn.Module):
         """One cascade.
 
         Args:
-            k: current k-space estimate ``[batch, coil, time, ky, kx]`` (complex64).
-            y: measured k-space, same shape, zero where not sampled.
-            mask: bool, broadcastable to ``k`` (e.g. ``[batch, 1, time, ky, kx]``).
+            k: current k-space estimate ``[batch, coil, time, ky, kx]`` (complex64, FFT order).
+            y: measured k-space, same shape and order, zero where not sampled.
+            mask: bool, broadcastable to ``k`` (e.g. ``[batch, 1, time, ky, kx]``), FFT order.
             sens: coil maps ``[batch, coil, 1|time, y, x]``.
             c: context vector ``[batch, dim]`` or None.
         Returns:
             the updated k-space, same shape as ``k``.
         """
         device_type = k.device.type
-        expand = SenseOp(sens)  # F S (no sampling)
         with torch.autocast(device_type=device_type, enabled=False):
-            image = expand.adjoint(k)  # S^H F^H k
+            image = reduce(k, sens)  # S^H F^H k
         prior = self._denoise(image, c)
         with torch.autocast(device_type=device_type, enabled=False):
             prior = prior.to(image.dtype)
             if self.dc_mode == "soft":
-                return k - self.dc_weight * SamplingOp(mask)(k - y) - expand(prior)
+                return k - self.dc_weight * torch.where(mask, k - y, 0) - expand(prior, sens)
             lam = F.softplus(self.dc_weight)
-            sense = SenseOp(sens, mask)  # A = M F S
             z = image - prior
-            rhs = sense.adjoint(y) + lam * z
-            x = conjugate_gradient(
-                lambda v: sense.normal(v) + lam * v, rhs, x0=z, max_iter=self.cg_iterations, tol=0.0
-            )
-            return expand(x)
+            rhs = reduce(y, sens) + lam * z  # y is zero where not sampled: A^H y = S^H F^H y
+
+            def normal(v: torch.Tensor) -> torch.Tensor:  # (A^H A + lam I) v, A = M F S
+                return reduce(torch.where(mask, expand(v, sens), 0), sens) + lam * v
+
+            x = conjugate_gradient(normal, rhs, x0=z, max_iter=self.cg_iterations, tol=0.0)
+            return expand(x, sens)

@@ -56,8 +56,21 @@ class SpatioTemporalConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[batch, in_channels, time, y, x] -> [batch, out_channels, time, y, x]``."""
-        x = self.spatial(x)
-        return x if self.temporal is None else self.temporal(x)
+        if self.spatial.kernel_size[0] != 1:  # full 3D kernel
+            return self.spatial(x)
+        # The factorised convs are computed as 2D convolutions (frames folded into the batch for
+        # the spatial conv, pixels flattened for the temporal one), the same maths with the same
+        # weights: on CPU PyTorch runs such Conv3d calls through a slow reference kernel, while
+        # 2D convolutions use oneDNN and are ~5-10x faster.
+        b, _, t, ny, nx = x.shape
+        frames = x.transpose(1, 2).reshape(b * t, -1, ny, nx)
+        h = F.conv2d(frames, self.spatial.weight.squeeze(2), padding=1)
+        h = h.reshape(b, t, -1, ny, nx).transpose(1, 2)  # [batch, out, time, y, x]
+        if self.temporal is None:
+            return h.contiguous()
+        pixels = h.reshape(b, h.shape[1], t, ny * nx)
+        w = self.temporal.weight.squeeze(-1)  # [out, out, kt, 1]
+        return F.conv2d(pixels, w, padding=(self.temporal.padding[0], 0)).reshape(b, -1, t, ny, nx)
 
 
 class SqueezeExcitation(nn.Module):
@@ -114,6 +127,14 @@ class ConvBlock(nn.Module):
         for conv, norm, film in zip(self.convs, self.norms, self.films):
             x = F.leaky_relu(film(norm(conv(x)), c), 0.2)
         return self.attention(x)
+
+
+def _upsample(layer: nn.ConvTranspose3d, x: torch.Tensor) -> torch.Tensor:
+    """Apply a ``1 x 2 x 2`` stride-2 transposed conv to ``[batch, c, time, y, x]`` as a 2D one per frame (fast on CPU)."""
+    b, _, t, ny, nx = x.shape
+    frames = x.transpose(1, 2).reshape(b * t, -1, ny, nx)
+    up = F.conv_transpose2d(frames, layer.weight.squeeze(2), stride=2)
+    return up.reshape(b, t, -1, 2 * ny, 2 * nx).transpose(1, 2)
 
 
 class UNet2dt(nn.Module):
@@ -181,5 +202,5 @@ class UNet2dt(nn.Module):
             x = F.avg_pool3d(x, (1, 2, 2))
         x = self.bottleneck(x, c)
         for upsample, block, skip in zip(self.upsample, self.up, reversed(skips)):
-            x = block(torch.cat([upsample(x), skip], dim=1), c)
+            x = block(torch.cat([_upsample(upsample, x), skip], dim=1), c)
         return self.head(x)

@@ -72,6 +72,8 @@ class CardioMMModule(lightning.LightningModule):
         dc_mode: ``"soft"`` or ``"cg"`` data consistency.
         cg_iterations: CG steps per cascade for ``dc_mode="cg"``.
         gradient_checkpointing: recompute cascades in the backward pass (less memory, ~30% slower).
+        pixel_unshuffle: space-to-depth factor of the denoisers (2 = U-Nets at half resolution; CPU configs).
+        virtual_coils: PCA-compress k-space to at most this many coils first (None = keep all).
 
     Optimisation:
 
@@ -105,6 +107,8 @@ class CardioMMModule(lightning.LightningModule):
         dc_mode: Literal["soft", "cg"] = "soft",
         cg_iterations: int = 5,
         gradient_checkpointing: bool = False,
+        pixel_unshuffle: int = 1,
+        virtual_coils: int | None = None,
         ssim_weight: float = 1.0,
         l1_weight: float = 0.1,
         lr: float = 3e-4,
@@ -123,7 +127,8 @@ class CardioMMModule(lightning.LightningModule):
             conv_mode=conv_mode, channel_attention=channel_attention, sens_channels=sens_channels,
             sens_depth=sens_depth, calib_max_size=calib_max_size, context_dim=context_dim,
             context_dropout=context_dropout, dc_mode=dc_mode, cg_iterations=cg_iterations,
-            gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing=gradient_checkpointing, pixel_unshuffle=pixel_unshuffle,
+            virtual_coils=virtual_coils,
         )
         self.model = CardioMMNet(**self.model_kwargs)
         self.loss_fn = SSIML1Loss(ssim_weight, l1_weight)
