@@ -22,7 +22,11 @@ from recon.masks import SamplingMask
 
 @dataclass
 class ReconResult:
-    """One reconstruction: ``image`` is complex ``[..., time, y, x]``; times in seconds."""
+    """One reconstruction: ``image`` is complex ``[..., time, y, x]``; times in seconds.
+
+    ``seconds`` / ``sens_seconds`` are wall-clock; ``cpu_seconds`` is the CPU time of this process
+    for both steps (all threads), which stays meaningful on a machine shared with other jobs.
+    """
 
     method: str
     image: torch.Tensor
@@ -30,6 +34,7 @@ class ReconResult:
     sens_seconds: float
     device: str
     params: dict[str, Any] = field(default_factory=dict)
+    cpu_seconds: float = 0.0
 
 
 def _sync(device: torch.device) -> None:
@@ -77,6 +82,7 @@ def reconstruct(
     kspace = kspace * mask
 
     _sync(dev)
+    c0 = time.process_time()
     t0 = time.perf_counter()
     if sens is None and method != "zero-filled":
         sens = estimate_sensitivities(kspace, mask, acs=acs, method=sens_method)
@@ -87,4 +93,4 @@ def reconstruct(
     image = METHODS[method](kspace, mask, sens, **params)
     _sync(dev)
     t2 = time.perf_counter()
-    return ReconResult(method, image, t2 - t1, t1 - t0, str(dev), dict(params))
+    return ReconResult(method, image, t2 - t1, t1 - t0, str(dev), dict(params), time.process_time() - c0)
