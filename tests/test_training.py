@@ -12,6 +12,7 @@ import torch
 
 from cardiomm.model import ARCHITECTURE, CardioMMNet
 from cardiomm.training import CardioMMModule, load_cardiomm_checkpoint, read_checkpoint
+from cardiomm.training.checkpoint import export_checkpoint
 from test_model import KNOWN_CONTEXT, synthetic_case  # tests/ is on sys.path (pytest rootdir-less layout)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,6 +135,15 @@ def test_cli_fit_with_tiny_config_writes_a_loadable_checkpoint(tmp_path: Path) -
     module = CardioMMModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
     for a, b in zip(module.model.parameters(), model.parameters()):
         torch.testing.assert_close(a, b)
+    # the shipping copy drops the optimiser state but loads both ways, with the data description
+    exported = export_checkpoint(ckpt, tmp_path / "shipped.ckpt", val_ssim=0.5)
+    assert "optimizer_states" in checkpoint and "optimizer_states" not in exported
+    assert (tmp_path / "shipped.ckpt").stat().st_size < ckpt.stat().st_size
+    assert read_checkpoint(tmp_path / "shipped.ckpt")["cardiomm_notes"] == {"val_ssim": 0.5}
+    assert read_checkpoint(tmp_path / "shipped.ckpt")["cardiomm_data"] == data
+    for a, b in zip(load_cardiomm_checkpoint(tmp_path / "shipped.ckpt").parameters(), model.parameters()):
+        torch.testing.assert_close(a, b)
+    CardioMMModule.load_from_checkpoint(tmp_path / "shipped.ckpt", map_location="cpu", weights_only=True)
 
 
 def test_config_with_an_unknown_key_fails_clearly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

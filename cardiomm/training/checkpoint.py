@@ -18,9 +18,23 @@ import torch
 
 from cardiomm.model import ARCHITECTURE, CardioMMNet
 
-__all__ = ["load_cardiomm_checkpoint", "read_checkpoint"]
+__all__ = ["EXPORTED_KEYS", "export_checkpoint", "load_cardiomm_checkpoint", "read_checkpoint"]
 
 _MODEL_PREFIX = "model."
+
+#: Entries of a training checkpoint kept by :func:`export_checkpoint` (weights, the network's and
+#: the module's hyper-parameters, the data description and config, and where training stopped).
+EXPORTED_KEYS: tuple[str, ...] = (
+    "state_dict",
+    "cardiomm_architecture",
+    "cardiomm_model_kwargs",
+    "cardiomm_data",
+    "cardiomm_config",
+    "hyper_parameters",
+    "epoch",
+    "global_step",
+    "pytorch-lightning_version",
+)
 
 
 def read_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
@@ -86,3 +100,30 @@ def load_cardiomm_checkpoint(
     if map_location is not None:
         model.to(map_location)
     return model.eval()
+
+
+def export_checkpoint(
+    source: str | os.PathLike[str], destination: str | os.PathLike[str], **notes: Any
+) -> dict[str, Any]:
+    """Write a checked copy of a training checkpoint without optimiser and loop state (for shipping).
+
+    Keeps :data:`EXPORTED_KEYS` (so :func:`load_cardiomm_checkpoint` and
+    ``CardioMMModule.load_from_checkpoint`` still accept it) and adds ``notes`` under
+    ``cardiomm_notes`` (e.g. the validation score, the wall time).  Written atomically.
+
+    Returns:
+        the exported dict.
+    Raises:
+        FileNotFoundError / ValueError: as :func:`read_checkpoint`.
+    """
+    from cardiomm.atomic import atomic_path
+
+    checkpoint = read_checkpoint(source)
+    load_cardiomm_checkpoint(source)  # the weights must fit the network
+    exported = {k: checkpoint[k] for k in EXPORTED_KEYS if k in checkpoint}
+    exported["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith(_MODEL_PREFIX)}
+    if notes:
+        exported["cardiomm_notes"] = {str(k): v for k, v in notes.items()}
+    with atomic_path(destination) as tmp:
+        torch.save(exported, tmp)
+    return exported
