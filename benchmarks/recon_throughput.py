@@ -24,6 +24,7 @@ Writes ``<out>/recon_throughput.json`` (every number), ``.md`` (figure, then tab
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import tempfile
 import time
@@ -106,8 +107,8 @@ def figure(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r['label']}\nbatch {r['batch_size']}, {r['device']}" for r in rows]
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(rows)), 3.8), constrained_layout=True)
+    labels = [f"{r['label']}".replace(" (", "\n(") + f"\nbatch {r['batch_size']}, {r['device']}" for r in rows]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.5 * len(rows)), 4.2), constrained_layout=True)
     x = range(len(rows))
     ax.bar([i - 0.2 for i in x], [r["recon_slices_per_second"] for r in rows], 0.4, label="reconstruction only")
     ax.bar([i + 0.2 for i in x], [r["end_to_end_slices_per_second"] for r in rows], 0.4, label="end to end (I/O incl.)")
@@ -129,7 +130,9 @@ def markdown(report: dict[str, Any]) -> str:
         "![slices per second](recon_throughput.png)",
         "",
         f"*{d['data']}*: {d['slices']} slices x {d['frames']} frames x {d['matrix'][0]}x{d['matrix'][1]} x "
-        f"{d['coils']} coils, undersampled retrospectively ({report['undersampling']}).  Machine: {report['machine_line']}.",
+        f"{d['coils']} coils, undersampled retrospectively ({report['undersampling']}).  Machine: {report['machine_line']}; "
+        f"load average (1 min) {report['load_average_1_5_15min']['before'][0]} before, "
+        f"{report['load_average_1_5_15min']['after'][0]} after (the cores were shared with other jobs).",
         "",
         "Warm run of each configuration through the `cardiomm recon` code path (`BatchJob`); *recon* counts coil "
         "maps + solver or the network, *end to end* adds reading the raw file, undersampling and writing the ISMRMRD "
@@ -144,6 +147,14 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {r['label']} | {r['batch_size']} | {r['device']} | {r['seconds_recon']:.2f} | "
             f"{r['recon_slices_per_second']:.3g} | {r['seconds_end_to_end']:.2f} | {r['end_to_end_slices_per_second']:.3g} |"
         )
+    cpu = [r for r in report["results"] if r["device"] == "cpu"]
+    slower = sorted({r["label"] for r in cpu if r["batch_size"] > 1 and any(
+        o["label"] == r["label"] and o["batch_size"] == 1 and o["recon_slices_per_second"] > r["recon_slices_per_second"]
+        for o in cpu)})
+    if slower:
+        lines += ["", f"On CPU, several slices per call was slower than one for: {', '.join(slower)} (the batched "
+                  "arrays probably fit the caches less well; the cores were also shared); `cardiomm recon` therefore reconstructs one slice per call on "
+                  "CPU and 4 on CUDA unless `--batch-size` says otherwise."]
     if report.get("not_measured"):
         lines += ["", "Not measured: " + "; ".join(report["not_measured"])]
     return "\n".join(lines) + "\n"
@@ -171,6 +182,7 @@ def main() -> None:
     not_measured = [] if "cuda" in devices else ["GPU (no CUDA device on the machine that ran this)"]
 
     under = Undersampling(args.accel, "kt_gaussian", seed=0)
+    load_before = os.getloadavg()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -200,6 +212,8 @@ def main() -> None:
         "data": data,
         "undersampling": f"k-t Gaussian, requested effective R {args.accel:g}, seed 0 (+ slice)",
         "threads": args.threads,
+        "load_average_1_5_15min": {"before": [round(v, 2) for v in load_before],
+                                   "after": [round(v, 2) for v in os.getloadavg()]},
         "machine": info,
         "machine_line": machine_line(info),
         "results": rows,

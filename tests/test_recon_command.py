@@ -268,3 +268,19 @@ def test_ddp_predict_over_two_cpu_processes_writes_each_file_once(scans: Path, t
         assert (out / f"{name}_zero-filled.done.json").is_file()
     with h5py.File(out / "scan2_zero-filled.images.h5") as f:
         assert f["dataset/cardiomm_zero_filled/data"].shape[0] == SLICES * FRAMES
+
+
+def test_folder_inputs_skip_outputs_and_same_stems_get_distinct_names(tmp_path: Path) -> None:
+    from cardiomm.batch.inputs import discover_inputs, output_names
+
+    for rel in ("a/scan.h5", "a/scan_zero-filled.images.h5", "a/.hidden.h5", "a/sub/deep.mrd", "b/scan.h5"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    found = discover_inputs([tmp_path / "a", tmp_path / "b" / "scan.h5", tmp_path / "a" / "scan.h5"])
+    assert found == [tmp_path / "a" / "scan.h5", tmp_path / "b" / "scan.h5"]
+    deep = discover_inputs([tmp_path / "a"], recursive=True, exclude=[tmp_path / "a" / "sub"])
+    assert deep == [tmp_path / "a" / "scan.h5"]
+    assert discover_inputs([tmp_path / "a"], recursive=True)[-1] == tmp_path / "a" / "sub" / "deep.mrd"
+    names = output_names(found + [tmp_path / "a" / "sub" / "deep.mrd"])
+    assert len(set(names.values())) == 3 and names[tmp_path / "a" / "sub" / "deep.mrd"] == "deep"
+    assert all(n.startswith("scan-") for p, n in names.items() if p.stem == "scan")

@@ -38,6 +38,9 @@ from cardiomm.batch.writers import (
 
 __all__ = ["BatchJob", "FileResult", "ReconSettings", "resolve_device"]
 
+#: Slices per call when ``batch_size`` is 0, by device type.  On CPU one slice at a time was
+#: faster (benchmarks/results/recon_throughput.md: CG-SENSE and CardioMM slower with 4 per call).
+DEFAULT_BATCH_SIZE = {"cpu": 1, "cuda": 4}
 #: Called after every slice batch with (slices done, slices in the file).
 SliceCallback = Callable[[int, int], None]
 
@@ -67,7 +70,7 @@ class ReconSettings:
         method: ``cardiomm`` or a classical method (:data:`cardiomm.batch.engines.METHODS`).
         undersampling: retrospective undersampling of fully sampled inputs, or None.
         checkpoint: CardioMM checkpoint (None: the shipped one); cardiomm only.
-        batch_size: slices reconstructed per call.
+        batch_size: slices reconstructed per call; 0 picks :data:`DEFAULT_BATCH_SIZE` of the device.
         image_type: ``magnitude`` or ``complex`` values in the ISMRMRD image file.
         previews: which previews to write (``png``, ``gif``).
         overwrite: redo inputs that are already finished.
@@ -77,7 +80,7 @@ class ReconSettings:
     method: str = "cardiomm"
     undersampling: Undersampling | None = None
     checkpoint: str | None = None
-    batch_size: int = 4
+    batch_size: int = 0
     image_type: str = "magnitude"
     previews: tuple[str, ...] = ("png", "gif")
     overwrite: bool = False
@@ -194,7 +197,7 @@ class BatchJob:
     def reconstruct(self, scan: PreparedScan, on_slices: SliceCallback | None = None) -> torch.Tensor:
         """Complex ``[slice, time, y, x]`` (CPU) of a prepared scan, ``batch_size`` slices per call."""
         n = scan.n_slices
-        step = max(1, int(self.settings.batch_size))
+        step = int(self.settings.batch_size) or DEFAULT_BATCH_SIZE.get(self.engine.device.type, 1)
         parts = []
         for start in range(0, n, step):
             stop = min(n, start + step)
