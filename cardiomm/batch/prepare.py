@@ -11,8 +11,16 @@ Acceleration is reported in both conventions of :mod:`recon.masks`:
   that never reaches one edge of k-space) does not count as acceleration.
 * ``r_cmrxrecon``: the same, counted outside the per-frame calibration lines (CMRxRecon 2024
   names).  For prospective data the calibration lines are the contiguous central ky band
-  sampled in every frame of every slice, if it is at least :data:`MIN_ACS_LINES` wide
-  (``acs_lines`` in the report); otherwise there are none and both Rs are equal.
+  sampled in every frame of every slice, if it is at least :data:`MIN_ACS_LINES` wide, plus the
+  lines of separately acquired calibration data (``acs_lines`` in the report); otherwise there
+  are none and both Rs are equal.
+
+Separately acquired calibration lines (ISMRMRD ``ACQ_IS_PARALLEL_CALIBRATION``) count as
+acquired samples in ``r_effective``.  When they come per frame they are merged into the k-space
+and mask (they are measured data of that frame) and their region becomes the calibration region
+of the coil maps; calibration data with a single time index are kept apart
+(``PreparedScan.acs_kspace``) and only used for the coil maps.  ``r_header`` is the acceleration
+the file's header states (e.g. the nominal parallel-imaging factor).
 """
 
 from __future__ import annotations
@@ -64,11 +72,12 @@ class PreparedScan:
     """One scan ready for reconstruction (CPU tensors).
 
     Attributes:
-        kspace: complex64 ``[slice, coil, time, ky, kx]``, zero where not sampled.
-        mask: bool ``[slice, time, ky, kx]``.
+        kspace: complex64 ``[slice, coil, time, ky, kx]``, zero where not sampled (per-frame
+            calibration lines merged in).
+        mask: bool ``[slice, time, ky, kx]`` of ``kspace``.
         acs: bool ``[slice, time, ky, kx]`` per-frame calibration region inside ``mask``, or None.
-        acs_kspace: complex ``[slice, coil, time|1, ky, kx]`` separately acquired calibration data
-            (ISMRMRD ``ACQ_IS_PARALLEL_CALIBRATION`` lines), or None.
+        acs_kspace: complex ``[slice, coil, 1, ky, kx]`` calibration data acquired once for all
+            frames (ISMRMRD ``ACQ_IS_PARALLEL_CALIBRATION`` lines with one time index), or None.
         metadata: the file's metadata, with ``acceleration`` and ``mask_pattern`` updated.
         sampling: what was done and both accelerations (goes into the summary).
     """
@@ -117,18 +126,32 @@ def _band(mask: torch.Tensor, width: int) -> torch.Tensor:
     return band & mask
 
 
-def _prospective_rates(mask: torch.Tensor) -> tuple[float, float, int]:
-    """``(r_effective, r_cmrxrecon, acs_lines)`` of a file's own mask ``[slice, time, ky, kx]``."""
+def _prospective_rates(
+    mask: torch.Tensor, extra: torch.Tensor | None = None, calibration: torch.Tensor | None = None
+) -> tuple[float, float, int]:
+    """``(r_effective, r_cmrxrecon, acs_lines)`` of a file's own sampling.
+
+    Args:
+        mask: bool ``[slice, time, ky, kx]`` of the imaging samples (calibration lines that are
+            also imaging lines included).
+        extra: bool ``[slice, time|1, ky, kx]``: calibration-only samples acquired separately
+            (counted as acquired samples, once when their time axis is 1), or None.
+        calibration: bool ``[slice, time|1, ky, kx]``: every sample of the separately acquired
+            calibration data (part of the calibration region), or None.
+    """
     cols = mask.any(dim=(0, 1, 2))  # kx columns reached by any line
     m = mask[..., cols]
     grid = m.numel()
-    kept = int(m.sum())
+    n_extra = 0 if extra is None else int(extra[..., cols].sum())
+    kept = int(m.sum()) + n_extra
     r_eff = grid / kept if kept else math.inf
-    width = calibration_lines(mask)
-    if width == 0:
+    band = _band(mask, calibration_lines(mask))
+    calib = band if calibration is None else band | calibration.expand_as(mask)
+    lines = int(calib.any(dim=-1).any(dim=(0, 1)).sum())
+    if lines == 0:
         return r_eff, r_eff, 0
-    outside = int((m & ~_band(mask, width)[..., cols]).sum())
-    return r_eff, (grid / outside if outside else math.inf), width
+    outside = int((m & ~calib[..., cols]).sum())
+    return r_eff, (grid / outside if outside else math.inf), lines
 
 
 def voxel_spacing_mm(metadata: ScanMetadata, ny: int, nx: int) -> tuple[float, float, float, list[str]]:
@@ -178,9 +201,23 @@ def prepare_scan(scan: KSpaceScan, undersampling: Undersampling | None, path: st
     fully_sampled = bool(file_mask.any(dim=-1).all())
 
     if undersampling is None:
+        mask = file_mask.clone()
+        acs = None
+        extra = acs_sampled = None
+        if acs_kspace is not None:
+            acs_sampled = (acs_kspace != 0).any(dim=1)  # [slice, time|1, ky, kx]
+            extra = acs_sampled & ~(file_mask if acs_sampled.shape[1] == nt else file_mask.all(dim=1, keepdim=True))
+            if acs_sampled.shape[1] == nt:
+                # per-frame calibration lines are measured data of their frame: use them as data too,
+                # and their region as the calibration region (coil maps)
+                kspace = torch.where(extra.unsqueeze(1), acs_kspace, kspace)
+                mask = file_mask | acs_sampled
+                acs = acs_sampled
+                acs_kspace = None
         # fully sampled: R = 1 in both conventions (the "calibration band" would be all of k-space)
-        r_eff, r_cmrx, width = (1.0, 1.0, 0) if fully_sampled else _prospective_rates(file_mask)
-        acs = _band(file_mask, width) if width else None
+        r_eff, r_cmrx, width = (1.0, 1.0, 0) if fully_sampled else _prospective_rates(file_mask, extra, acs_sampled)
+        if acs is None and width and calibration_lines(file_mask):
+            acs = _band(file_mask, calibration_lines(file_mask))
         kind = "none (fully sampled)" if fully_sampled else "prospective (mask from the file)"
         sampling = {
             "undersampling": "none" if fully_sampled else "prospective",
@@ -191,7 +228,6 @@ def prepare_scan(scan: KSpaceScan, undersampling: Undersampling | None, path: st
             "r_header": scan.metadata.acceleration,
             "mask_pattern": scan.metadata.mask_pattern,
         }
-        mask = file_mask.clone()
         meta = scan.metadata.with_updates(acceleration=r_eff)
     else:
         if not fully_sampled:
