@@ -21,7 +21,7 @@ reported, recorded as failed and skipped.
 
 Exit code: the number of failed inputs (0 = all finished; capped at 125); 126 when nothing could
 start (output folder not writable, no inputs, missing checkpoint, no GPU for --device cuda);
-130 on Ctrl-C; 2 for command-line usage errors.
+130 on Ctrl-C or SIGTERM; 2 for command-line usage errors.
 
 Beyond one machine (Lightning predict, DDP sharding of the file list):
   cardiomm recon scans/ --out recon/ --strategy ddp --devices 4
@@ -38,8 +38,17 @@ Beyond one machine (Lightning predict, DDP sharding of the file list):
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from cardiomm.batch.job import BatchJob, FileResult, ReconSettings
 
 #: Exit code when the batch could not start at all.
 EXIT_SETUP_ERROR = 126
@@ -92,7 +101,7 @@ class SetupError(Exception):
     """The batch cannot start (the message says why)."""
 
 
-def _settings(args: argparse.Namespace):  # -> ReconSettings
+def _settings(args: argparse.Namespace) -> ReconSettings:
     from cardiomm.batch.job import ReconSettings
     from cardiomm.batch.prepare import Undersampling
 
@@ -147,13 +156,31 @@ def run(args: argparse.Namespace) -> int:
     return _run_local(job, inputs, err, quiet=args.quiet)
 
 
-def _run_local(job, inputs: list[Path], console, quiet: bool) -> int:
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM (``kill``) like Ctrl-C while the batch runs, so the unfinished input is cleaned up."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_local(job: BatchJob, inputs: list[Path], console: Console, quiet: bool) -> int:
     from cardiomm.batch.progress import BatchProgress
 
     results = []
     current = None
     try:
-        with BatchProgress(len(inputs), console=console, enabled=not quiet) as progress:
+        with _sigterm_as_interrupt(), BatchProgress(len(inputs), console=console, enabled=not quiet) as progress:
             for path in inputs:
                 current = path
                 progress.start_file(path.name)
@@ -172,7 +199,7 @@ def _run_local(job, inputs: list[Path], console, quiet: bool) -> int:
     return _report(results, inputs, job, console)
 
 
-def _report(results, inputs: list[Path], job, console) -> int:
+def _report(results: list[FileResult], inputs: list[Path], job: BatchJob, console: Console) -> int:
     counts = {s: sum(r.status == s for r in results) for s in ("ok", "skipped", "failed")}
     console.print(
         f"{len(inputs)} input(s): {counts['ok']} reconstructed, {counts['skipped']} already finished, "
@@ -185,7 +212,9 @@ def _report(results, inputs: list[Path], job, console) -> int:
     return min(len(failed), MAX_FAILED_EXIT)
 
 
-def _run_distributed(args, settings, inputs: list[Path], names, out: Path) -> int:
+def _run_distributed(
+    args: argparse.Namespace, settings: ReconSettings, inputs: list[Path], names: dict[Path, str], out: Path
+) -> int:
     from rich.console import Console
 
     from cardiomm.batch.distributed import run_distributed
