@@ -46,6 +46,23 @@ def compress_coils(kspace: torch.Tensor, n_virtual: int) -> torch.Tensor:
     return (basis.conj().transpose(1, 2) @ flat).reshape(b, n_virtual, *kspace.shape[2:])
 
 
+def view_sharing(kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Fill unmeasured samples with their mean over the frames that measured them.
+
+    Args:
+        kspace: ``[batch, coil, time, ky, kx]``, zero where not measured.
+        mask: bool, broadcastable to ``kspace``.
+
+    Returns:
+        k-space of the same shape: measured samples unchanged; others the time average of that
+        location's measured values (zero where no frame measured it).
+    """
+    m = mask.expand(kspace.shape)
+    count = m.sum(dim=2, keepdim=True).clamp(min=1).to(kspace.real.dtype)
+    shared = kspace.sum(dim=2, keepdim=True) / count
+    return torch.where(m, kspace, shared.expand_as(kspace))
+
+
 class CardioMMNet(nn.Module):
     """The CardioMM reconstruction network.
 
@@ -68,6 +85,10 @@ class CardioMMNet(nn.Module):
             resolution on ``8`` channels per pixel; see :class:`~cardiomm.model.complex_unet.ComplexUNet`).
         virtual_coils: compress k-space with more coils than this to this many virtual coils
             (:func:`compress_coils`, PCA over the measured samples) before everything else; None = never.
+        initial_kspace: starting point of the cascades: ``"zero-filled"`` (the measured k-space) or
+            ``"view-sharing"`` (every unmeasured sample filled with the mean of that k-space location
+            over the frames that measured it, the k-t "view sharing" composite; measured samples are
+            kept). With k-t patterns the composite is far closer to the image than zero filling.
     """
 
     def __init__(
@@ -88,8 +109,12 @@ class CardioMMNet(nn.Module):
         gradient_checkpointing: bool = False,
         pixel_unshuffle: int = 1,
         virtual_coils: int | None = None,
+        initial_kspace: str = "zero-filled",
     ) -> None:
         super().__init__()
+        if initial_kspace not in ("zero-filled", "view-sharing"):
+            raise ValueError(f"initial_kspace must be 'zero-filled' or 'view-sharing', got {initial_kspace!r}")
+        self.initial_kspace = initial_kspace
         if num_cascades < 1:
             raise ValueError(f"num_cascades must be >= 1, got {num_cascades}")
         if virtual_coils is not None and (isinstance(virtual_coils, bool) or int(virtual_coils) < 1):
@@ -167,7 +192,7 @@ class CardioMMNet(nn.Module):
         # the cascades work on k-space in FFT order (no shifts; see cardiomm.model.fft_layout)
         mask5 = mask_to_fft_order(mask).unsqueeze(1)  # [batch, 1, time, ky, kx] broadcasts over coils
         y = to_fft_order(kspace)
-        k = y
+        k = y if self.initial_kspace == "zero-filled" else view_sharing(y, mask5)
         checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for cascade in self.cascades:
             if checkpointing:

@@ -74,6 +74,7 @@ class CardioMMModule(lightning.LightningModule):
         gradient_checkpointing: recompute cascades in the backward pass (less memory, ~30% slower).
         pixel_unshuffle: space-to-depth factor of the denoisers (2 = U-Nets at half resolution; CPU configs).
         virtual_coils: PCA-compress k-space to at most this many coils first (None = keep all).
+        initial_kspace: ``"zero-filled"`` or ``"view-sharing"`` start of the cascades (see CardioMMNet).
 
     Optimisation:
 
@@ -109,6 +110,7 @@ class CardioMMModule(lightning.LightningModule):
         gradient_checkpointing: bool = False,
         pixel_unshuffle: int = 1,
         virtual_coils: int | None = None,
+        initial_kspace: Literal["zero-filled", "view-sharing"] = "zero-filled",
         ssim_weight: float = 1.0,
         l1_weight: float = 0.1,
         lr: float = 3e-4,
@@ -128,7 +130,7 @@ class CardioMMModule(lightning.LightningModule):
             sens_depth=sens_depth, calib_max_size=calib_max_size, context_dim=context_dim,
             context_dropout=context_dropout, dc_mode=dc_mode, cg_iterations=cg_iterations,
             gradient_checkpointing=gradient_checkpointing, pixel_unshuffle=pixel_unshuffle,
-            virtual_coils=virtual_coils,
+            virtual_coils=virtual_coils, initial_kspace=initial_kspace,
         )
         self.model = CardioMMNet(**self.model_kwargs)
         self.loss_fn = SSIML1Loss(ssim_weight, l1_weight)

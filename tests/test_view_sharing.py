@@ -1,0 +1,36 @@
+"""The k-t view-sharing start of the CardioMM cascades."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cardiomm.model.cardiomm_net import CardioMMNet, view_sharing
+
+
+def test_view_sharing_keeps_measured_and_averages_the_rest():
+    g = torch.Generator().manual_seed(0)
+    k = torch.randn(1, 2, 4, 6, 5, dtype=torch.complex64, generator=g)
+    mask = torch.zeros(1, 1, 4, 6, 1, dtype=torch.bool)
+    mask[0, 0, 0, 1] = mask[0, 0, 2, 1] = True  # line 1 measured in frames 0 and 2
+    mask[0, 0, 3, 4] = True  # line 4 only in frame 3
+    y = k * mask
+    out = view_sharing(y, mask)
+    m = mask.expand(y.shape)
+    assert torch.equal(out[m], y[m])  # measured samples untouched
+    assert torch.allclose(out[:, :, 1, 1], 0.5 * (k[:, :, 0, 1] + k[:, :, 2, 1]))
+    assert torch.allclose(out[:, :, 0, 4], k[:, :, 3, 4])
+    assert torch.count_nonzero(out[:, :, :, 0]) == 0  # never measured: stays zero
+
+
+def test_network_accepts_view_sharing_and_rejects_unknown_start():
+    net = CardioMMNet(num_cascades=1, channels=4, depth=1, sens_channels=2, sens_depth=1, calib_max_size=8,
+                      context_dim=4, initial_kspace="view-sharing")
+    k = torch.randn(1, 2, 3, 16, 12, dtype=torch.complex64)
+    mask = torch.zeros(1, 3, 16, 12, dtype=torch.bool)
+    mask[:, :, 6:10] = True
+    mask[:, 0, ::3] = True
+    out = net(k * mask[:, None], mask)
+    assert out.shape == (1, 3, 16, 12) and torch.isfinite(out.abs()).all()
+    with pytest.raises(ValueError, match="initial_kspace"):
+        CardioMMNet(num_cascades=1, initial_kspace="magic")
