@@ -1,0 +1,107 @@
+"""Training loop of the cardiac decoder on cached encoder features (CPU).
+
+Each step takes random 128x128 windows of the 256x256 model grid that contain the heart
+(window corners on the embedding's 4-pixel stride, so the cached 64x64 embedding and 128x128
+stage-1 features are cropped exactly with it).  Windows give translation augmentation for
+free and cut the cost of the full-resolution decoder by four; the decoder is fully
+convolutional (plus prior-pooled attention), so it runs on the whole 256 grid at inference.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from segment.decoder import CardiacDecoder
+from segment.losses import segmentation_loss
+from segment.training_data import load_cache
+
+__all__ = ["fit", "random_windows"]
+
+WINDOW = 128  # pixels of the 256 grid
+
+
+def random_windows(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Top-left corners ``[n, 2]`` (multiples of 4) of 128x128 windows holding the heart of each ``[256, 256]`` label map."""
+    corners = []
+    for lab in labels:
+        ys, xs = np.nonzero((lab >= 1) & (lab <= 3))
+        if ys.size:
+            lo = np.array([ys.max(), xs.max()]) - WINDOW + 12
+            hi = np.array([ys.min(), xs.min()]) - 12
+            lo, hi = np.minimum(lo, hi), np.maximum(lo, hi)
+            c = rng.integers(np.clip(lo, 0, 256 - WINDOW), np.clip(hi, 0, 256 - WINDOW) + 1)
+        else:
+            c = rng.integers(0, 256 - WINDOW + 1, size=2)
+        corners.append((c // 4) * 4)
+    return np.asarray(corners)
+
+
+def _batch(cache: dict[str, Any], idx: np.ndarray, corners: np.ndarray) -> tuple[torch.Tensor, ...]:
+    emb, st1, img, lab = [], [], [], []
+    for i, (y, x) in zip(idx, corners):
+        emb.append(cache["embedding"][i, :, y // 4: y // 4 + WINDOW // 4, x // 4: x // 4 + WINDOW // 4])
+        st1.append(cache["stage1"][i, :, y // 2: y // 2 + WINDOW // 2, x // 2: x // 2 + WINDOW // 2])
+        img.append(cache["image"][i, y: y + WINDOW, x: x + WINDOW])
+        lab.append(cache["label"][i, y: y + WINDOW, x: x + WINDOW])
+    f = lambda a: torch.from_numpy(np.stack(a).astype(np.float32))  # noqa: E731
+    return f(emb), f(st1), f(img), torch.from_numpy(np.stack(lab).astype(np.int64))
+
+
+def fit(cfg: dict[str, Any]) -> Path:
+    """Train on ``cfg['cache_dir']`` and save ``cfg['output']`` (state dict + config + log)."""
+    from rich.progress import Progress
+
+    tcfg, mcfg = cfg["train"], cfg["model"]
+    cache_dir = Path(cfg["cache_dir"])
+    cache = load_cache(cache_dir)
+    cache = {k: (np.ascontiguousarray(v) if isinstance(v, np.ndarray) else v) for k, v in cache.items()}  # into RAM
+    n = len(cache["weights"])
+    rng = np.random.default_rng(cfg["seed"])
+    model = CardiacDecoder(**mcfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
+    bs = int(tcfg["batch_size"])
+    steps = int(tcfg["epochs"]) * int(np.ceil(n / bs))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tcfg["lr"], total_steps=steps, pct_start=0.1)
+    log: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    model.train()
+    with Progress() as bar:
+        task = bar.add_task("training cardiac decoder", total=steps)
+        for epoch in range(int(tcfg["epochs"])):
+            order = rng.permutation(n)
+            sums: dict[str, float] = {}
+            for b in range(0, n, bs):
+                idx = order[b: b + bs]
+                emb, st1, img, lab = _batch(cache, idx, random_windows(cache["label"][idx], rng))
+                w = torch.from_numpy(cache["weights"][idx])
+                out = model(emb, st1, img)
+                parts = segmentation_loss(out["logits"], out["edge_logits"], lab, w, tcfg["edge_weight"])
+                lab64 = lab[:, 2::4, 2::4]
+                prior = segmentation_loss(out["prior_logits"], None, lab64, w)
+                loss = parts["loss"] + tcfg["prior_weight"] * prior["loss"]
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
+                bar.advance(task)
+            entry = {"epoch": epoch, "seconds": time.perf_counter() - t0, **{k: v / n for k, v in sums.items()}}
+            log.append(entry)
+            bar.console.print(json.dumps({k: round(v, 4) for k, v in entry.items()}))
+    out_path = Path(cfg["output"])
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
+               "model": dict(mcfg), "config": cfg, "log": log,
+               "train_seconds": time.perf_counter() - t0, "n_images": n}
+    tmp = out_path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(out_path)
+    print(f"saved {out_path} ({out_path.stat().st_size / 1e6:.2f} MB) after {payload['train_seconds']:.0f} s")
+    return out_path

@@ -1,0 +1,109 @@
+"""Intensity normalisation and the square 256x256 model grid (and the way back).
+
+Every network here (LiteMedSAM, the cardiac decoder, the ACDC teacher) sees ``[256, 256]``
+images with values in ``[0, 1]``.  An image ``[ny, nx]`` is zero-padded symmetrically to a
+square of side ``max(ny, nx)`` (so the anatomy keeps its aspect ratio) and resized to 256;
+:class:`GridGeometry` records this so that per-pixel outputs can be put back on the
+original pixels, where the original pixel spacing holds.  The model-grid pixel spacing is
+``spacing * side / 256`` in both directions when the original pixels are square.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["MODEL_SIZE", "GridGeometry", "normalize_intensity", "to_model_grid", "from_model_grid"]
+
+#: side of the square model grid in pixels (LiteMedSAM input size)
+MODEL_SIZE = 256
+
+
+def normalize_intensity(
+    image: np.ndarray, low_percentile: float = 0.5, high_percentile: float = 99.5
+) -> np.ndarray:
+    """Clip one magnitude image to its percentiles and scale it to ``[0, 1]``.
+
+    Args:
+        image: real ``[y, x]`` magnitude image (any unit).
+        low_percentile, high_percentile: percentiles (0..100) mapped to 0 and 1.
+    Returns:
+        float32 ``[y, x]`` in ``[0, 1]``.
+    Raises:
+        ValueError: not 2-D, empty, complex, non-finite values, or no contrast (constant image
+            or percentiles equal), which would give a meaningless segmentation.
+    """
+    arr = np.asarray(image)
+    if arr.ndim != 2 or arr.size == 0:
+        raise ValueError(f"expected a non-empty 2-D [y, x] image, got shape {list(arr.shape)}")
+    if np.iscomplexobj(arr):
+        raise ValueError("expected a magnitude image, got complex values (take np.abs first)")
+    arr = arr.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"image of shape {list(arr.shape)} holds NaN or infinite values")
+    low, high = np.percentile(arr, [low_percentile, high_percentile])
+    if not high > low:
+        if float(arr.max()) > float(arr.min()):
+            low, high = float(arr.min()), float(arr.max())
+        else:
+            raise ValueError(
+                f"image of shape {list(arr.shape)} is constant ({float(arr.min()):g}): nothing to segment"
+            )
+    return np.clip((arr - low) / (high - low), 0.0, 1.0).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class GridGeometry:
+    """How an ``[ny, nx]`` image was placed on the square model grid.
+
+    Attributes:
+        shape: original ``(ny, nx)`` in pixels.
+        side: side of the zero-padded square (``max(ny, nx)``) in original pixels.
+        pad: ``(top, left)`` zero rows/columns added before the image.
+    """
+
+    shape: tuple[int, int]
+    side: int
+    pad: tuple[int, int]
+
+    @classmethod
+    def for_shape(cls, shape: tuple[int, int]) -> "GridGeometry":
+        ny, nx = int(shape[0]), int(shape[1])
+        if ny < 8 or nx < 8:
+            raise ValueError(f"image of {ny}x{nx} pixels is too small to segment (need at least 8x8)")
+        side = max(ny, nx)
+        return cls(shape=(ny, nx), side=side, pad=((side - ny) // 2, (side - nx) // 2))
+
+    def model_spacing_mm(self, pixel_spacing_mm: tuple[float, float]) -> tuple[float, float]:
+        """Pixel size (mm) on the 256 grid for the original ``(row, col)`` spacing."""
+        scale = self.side / MODEL_SIZE
+        return (float(pixel_spacing_mm[0]) * scale, float(pixel_spacing_mm[1]) * scale)
+
+
+def to_model_grid(images: np.ndarray | torch.Tensor, geometry: GridGeometry) -> torch.Tensor:
+    """Pad to a square and resize (bilinear, antialiased) ``[n, ny, nx]`` -> float32 ``[n, 256, 256]``."""
+    x = torch.as_tensor(np.asarray(images, dtype=np.float32))
+    if x.ndim != 3 or tuple(x.shape[1:]) != geometry.shape:
+        raise ValueError(f"expected [n, {geometry.shape[0]}, {geometry.shape[1]}], got {list(x.shape)}")
+    top, left = geometry.pad
+    bottom = geometry.side - geometry.shape[0] - top
+    right = geometry.side - geometry.shape[1] - left
+    x = F.pad(x[:, None], (left, right, top, bottom))
+    if geometry.side != MODEL_SIZE:
+        x = F.interpolate(x, size=(MODEL_SIZE, MODEL_SIZE), mode="bilinear", align_corners=False,
+                          antialias=geometry.side > MODEL_SIZE)
+    return x[:, 0].contiguous()
+
+
+def from_model_grid(maps: torch.Tensor, geometry: GridGeometry) -> torch.Tensor:
+    """Put per-pixel maps ``[n, c, 256, 256]`` (e.g. probabilities) back on ``[n, c, ny, nx]`` (bilinear)."""
+    if maps.ndim != 4 or tuple(maps.shape[-2:]) != (MODEL_SIZE, MODEL_SIZE):
+        raise ValueError(f"expected [n, c, {MODEL_SIZE}, {MODEL_SIZE}], got {list(maps.shape)}")
+    x = maps
+    if geometry.side != MODEL_SIZE:
+        x = F.interpolate(x, size=(geometry.side, geometry.side), mode="bilinear", align_corners=False)
+    top, left = geometry.pad
+    return x[..., top: top + geometry.shape[0], left: left + geometry.shape[1]].contiguous()

@@ -1,0 +1,176 @@
+"""Training/validation samples for the cardiac decoder and their cached encoder features.
+
+A sample is a model-grid image (float ``[256, 256]`` in ``[0, 1]``), a label map
+(uint8 ``[256, 256]``: 0 bg, 1 LV blood, 2 LV myocardium, 3 RV blood, 255 unknown) and a
+loss weight.  Sources:
+
+* ``phantom``: :func:`cardiomm.data.phantom.make_phantom` slices with exact labels (simulated).
+* ``sunnybrook``: manually contoured frames of Sunnybrook patients (LV blood + myocardium).
+  Sunnybrook has no RV labels: pixels the ACDC teacher (:mod:`segment.acdc_teacher`) calls RV
+  and the manual contours leave as background become RV.  Frames without an epicardium
+  contour (end-systole) get 255 in a ring of ``es_ring_mm`` around the blood pool, where the
+  unlabelled myocardium is.
+* ``sunnybrook_teacher``: non-contoured Sunnybrook frames with the teacher's labels (lower weight).
+
+Augmented copies are made on the model grid (the frozen encoder must re-encode them, so
+the copies are fixed at caching time).  :func:`build_cache` encodes everything once and
+stores float16 features in ``.npy`` memory maps.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from cardiomm.data.labels import LV_BLOOD, LV_MYOCARDIUM, RV_BLOOD
+from segment.augment import AugmentConfig, apply_rigid, random_intensity, random_rigid
+from segment.preprocess import GridGeometry, normalize_intensity, to_model_grid
+
+__all__ = ["IGNORE", "Sample", "phantom_samples", "sunnybrook_samples", "build_cache", "load_cache"]
+
+IGNORE = 255
+
+
+@dataclass
+class Sample:
+    """One training image on the model grid."""
+
+    image01: np.ndarray  # float32 [256, 256]
+    label: np.ndarray  # uint8 [256, 256], 255 = unknown
+    weight: float
+    source: str
+
+
+def _to_grid(image: np.ndarray, label: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None, GridGeometry]:
+    geom = GridGeometry.for_shape(image.shape)
+    img = to_model_grid(normalize_intensity(image)[None], geom)[0].numpy()
+    if label is None:
+        return img, None, geom
+    onehot = np.stack([label == v for v in (0, 1, 2, 3, IGNORE)]).astype(np.float32)
+    grid = to_model_grid(onehot, geom).numpy()
+    lab = np.array([0, 1, 2, 3, IGNORE], dtype=np.uint8)[grid.argmax(0)]
+    return img, lab, geom
+
+
+def _augmented(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> tuple[np.ndarray, np.ndarray]:
+    motion = random_rigid(rng, img.shape[0], cfg)
+    return random_intensity(apply_rigid(img, motion, order=1), rng, cfg), apply_rigid(lab, motion, order=0)
+
+
+def phantom_samples(
+    seeds: list[int], per_seed: int, rng: np.random.Generator, cfg: AugmentConfig, augment_fraction: float
+) -> Iterator[Sample]:
+    """Random labelled slices/frames of phantoms (random matrix and pixel size, FOV 260-380 mm)."""
+    from cardiomm.data.phantom import make_phantom
+
+    for seed in seeds:
+        n = int(rng.choice([160, 192, 224, 256]))
+        fov = float(rng.uniform(260, 380))
+        ph = make_phantom(seed, matrix=(n, n), pixel_spacing_mm=(fov / n, fov / n))
+        s_f = [(s, f) for s in range(ph.labels.shape[0]) for f in range(ph.labels.shape[1]) if (ph.labels[s, f] == LV_BLOOD).any()]
+        for k in rng.choice(len(s_f), size=min(per_seed, len(s_f)), replace=False):
+            s, f = s_f[int(k)]
+            img, lab, _ = _to_grid(ph.images[s, f], ph.labels[s, f])
+            if rng.random() < augment_fraction:
+                img, lab = _augmented(img, lab, rng, cfg)
+            yield Sample(img, lab, 1.0, f"phantom:{seed}:{s}:{f}")
+
+
+def _sunnybrook_label(manual: np.ndarray, teacher: np.ndarray, has_epi: bool, spacing_mm: float, ring_mm: float) -> np.ndarray:
+    """Manual LV labels + teacher RV (+ unknown ring where the epicardium is missing)."""
+    lab = manual.copy()
+    if not has_epi:
+        ring = ndimage.binary_dilation(manual == LV_BLOOD, iterations=max(1, int(round(ring_mm / spacing_mm)))) & (manual != LV_BLOOD)
+        lab[ring] = IGNORE
+    lab[(teacher == RV_BLOOD) & (lab == 0)] = RV_BLOOD
+    return lab
+
+
+def sunnybrook_samples(
+    root: Path, patients: list[str], copies: int, teacher_frames: int, rng: np.random.Generator,
+    cfg: AugmentConfig, ring_mm: float = 12.0, teacher_weight: float = 0.5,
+) -> Iterator[Sample]:
+    """Contoured frames (+ ``copies`` augmented copies each) and ``teacher_frames`` teacher-labelled frames per patient."""
+    from cardiomm.data.contours import sunnybrook_labels
+    from cardiomm.data.dicom_cine import read_dicom_cine
+    from segment.acdc_teacher import AcdcTeacher
+
+    teacher = AcdcTeacher()
+    for pid in patients:
+        cine = read_dicom_cine(root / "dicoms" / pid)
+        manual = sunnybrook_labels(root / "contourfiles", cine)
+        spacing = float(cine.pixel_spacing_mm[0])
+        for (s, f), lab in manual.items():
+            t = teacher.segment(cine.images[s, f])
+            full = _sunnybrook_label(lab, t, bool((lab == LV_MYOCARDIUM).any()), spacing, ring_mm)
+            img, glab, _ = _to_grid(cine.images[s, f], full)
+            yield Sample(img, glab, 1.0, f"sunnybrook:{pid}:{s}:{f}")
+            for _ in range(copies):
+                a, b = _augmented(img, glab, rng, cfg)
+                yield Sample(a, b, 1.0, f"sunnybrook_aug:{pid}:{s}:{f}")
+        others = [(s, f) for s in range(cine.images.shape[0]) for f in range(cine.images.shape[1]) if (s, f) not in manual]
+        for k in rng.choice(len(others), size=min(teacher_frames, len(others)), replace=False):
+            s, f = others[int(k)]
+            t = teacher.segment(cine.images[s, f])
+            img, glab, _ = _to_grid(cine.images[s, f], t)
+            if rng.random() < 0.5:
+                img, glab = _augmented(img, glab, rng, cfg)
+            yield Sample(img, glab, teacher_weight, f"sunnybrook_teacher:{pid}:{s}:{f}")
+
+
+def build_cache(samples: list[Sample], folder: Path, encoder: torch.nn.Module, batch: int = 2, progress: bool = True) -> float:
+    """Encode ``samples`` with the frozen encoder and store them in ``folder``.
+
+    Writes ``image.npy`` float16 ``[n, 256, 256]`` and ``label.npy`` uint8 ``[n, 256, 256]``
+    first, then fills ``embedding.npy`` float16 ``[n, 256, 64, 64]`` and ``stage1.npy``
+    float16 ``[n, 128, 128, 128]`` batch by batch, updating ``meta.json`` (weights, sources,
+    ``n_encoded``, encoder seconds per image) after each batch, so that an interrupted cache
+    can still be used for its first ``n_encoded`` samples (shuffle the samples beforehand).
+    Returns the encoder seconds per image.
+    """
+    from rich.progress import Progress
+
+    folder.mkdir(parents=True, exist_ok=True)
+    n = len(samples)
+    np.save(folder / "image.npy", np.stack([s.image01 for s in samples]).astype(np.float16))
+    np.save(folder / "label.npy", np.stack([s.label for s in samples]).astype(np.uint8))
+    emb = np.lib.format.open_memmap(folder / "embedding.npy", mode="w+", dtype=np.float16, shape=(n, 256, 64, 64))
+    st1 = np.lib.format.open_memmap(folder / "stage1.npy", mode="w+", dtype=np.float16, shape=(n, 128, 128, 128))
+    meta = {"n": n, "n_encoded": 0, "weights": [s.weight for s in samples], "sources": [s.source for s in samples],
+            "encoder_seconds_per_image": None}
+    t_total = 0.0
+    with Progress(disable=not progress) as bar:
+        task = bar.add_task("encoding (LiteMedSAM, frozen)", total=n)
+        for i in range(0, n, batch):
+            x = torch.from_numpy(np.stack([s.image01 for s in samples[i: i + batch]]))
+            t0 = time.perf_counter()
+            feats = encoder(x)
+            t_total += time.perf_counter() - t0
+            emb[i: i + len(x)] = feats.embedding.numpy().astype(np.float16)
+            st1[i: i + len(x)] = feats.stage1.numpy().astype(np.float16)
+            emb.flush(); st1.flush()
+            meta["n_encoded"] = i + len(x)
+            meta["encoder_seconds_per_image"] = t_total / meta["n_encoded"]
+            (folder / "meta.json.tmp").write_text(json.dumps(meta))
+            (folder / "meta.json.tmp").replace(folder / "meta.json")
+            bar.advance(task, len(x))
+            if not progress or i % 20 == 0:
+                print(f"encoded {meta['n_encoded']}/{n} ({meta['encoder_seconds_per_image']:.1f} s/image)", flush=True)
+    return float(meta["encoder_seconds_per_image"] or 0.0)
+
+
+def load_cache(folder: Path) -> dict[str, np.ndarray | list]:
+    """Memory-mapped arrays of the encoded samples (the first ``n_encoded``) written by :func:`build_cache`, plus weights and sources."""
+    meta = json.loads((folder / "meta.json").read_text())
+    m = int(meta["n_encoded"])
+    out: dict[str, np.ndarray | list] = {k: np.load(folder / f"{k}.npy", mmap_mode="r")[:m] for k in ("embedding", "stage1", "image", "label")}
+    out["weights"] = np.asarray(meta["weights"][:m], dtype=np.float32)
+    out["sources"] = meta["sources"][:m]
+    return out

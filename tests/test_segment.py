@@ -1,0 +1,235 @@
+"""Prompt-free cardiac segmentation (segment/): pre/post-processing, losses, metrics, the
+shipped decoder on an unseen phantom, LiteMedSAM's box mode, bad input, and the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cardiomm.data.phantom import make_phantom
+from segment.augment import Rigid2D, apply_rigid
+from segment.losses import IGNORE, edge_targets, segmentation_loss
+from segment.metrics import dice, hd95_mm
+from segment.postprocess import clean_labels, largest_component
+from segment.preprocess import MODEL_SIZE, GridGeometry, from_model_grid, normalize_intensity, to_model_grid
+
+# measured on the shipped weights (see segment/weights/README.md), with a margin
+PHANTOM_LV_DICE_MIN = 0.85
+PHANTOM_MYO_DICE_MIN = 0.6
+
+
+# ---- pre-processing ----------------------------------------------------------------------
+def test_normalize_intensity_clips_to_unit_range():
+    rng = np.random.default_rng(0)
+    img = rng.gamma(2.0, 50.0, size=(64, 80)).astype(np.float32)
+    img[3, 3] = 1e6  # outlier
+    out = normalize_intensity(img)
+    assert out.shape == img.shape and out.dtype == np.float32
+    assert out.min() == 0.0 and out.max() == 1.0
+    assert np.median(out) > 0.1  # the outlier did not squash the contrast
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.full((32, 32), 7.0), "constant"),
+    (np.zeros((0, 32)), "non-empty"),
+    (np.array([[1.0, np.nan]] * 16), "NaN"),
+    (np.ones((4, 4, 4)), "2-D"),
+    (np.ones((16, 16), np.complex64), "magnitude"),
+])
+def test_normalize_intensity_rejects_bad_images(bad, match):
+    with pytest.raises(ValueError, match=match):
+        normalize_intensity(bad)
+
+
+@pytest.mark.parametrize("shape", [(192, 192), (180, 240), (300, 256), (256, 256)])
+def test_model_grid_round_trip(shape):
+    geom = GridGeometry.for_shape(shape)
+    yy, xx = np.meshgrid(np.linspace(0, 1, shape[0]), np.linspace(0, 1, shape[1]), indexing="ij")
+    smooth = (np.sin(3 * yy) * np.cos(2 * xx)).astype(np.float32)
+    grid = to_model_grid(smooth[None], geom)
+    assert grid.shape == (1, MODEL_SIZE, MODEL_SIZE)
+    back = from_model_grid(grid[:, None], geom)[0, 0].numpy()
+    assert back.shape == shape
+    assert np.abs(back - smooth)[4:-4, 4:-4].max() < 0.05
+    # spacing bookkeeping: the model grid covers the padded square side
+    ps = geom.model_spacing_mm((1.25, 1.25))
+    assert ps[0] == pytest.approx(1.25 * max(shape) / MODEL_SIZE)
+
+
+# ---- post-processing -----------------------------------------------------------------------
+def _ring_labels() -> np.ndarray:
+    yy, xx = np.mgrid[:96, :96]
+    r = np.hypot(yy - 48, xx - 48)
+    lab = np.zeros((96, 96), np.uint8)
+    lab[r < 20] = 2
+    lab[r < 13] = 1
+    lab[(np.abs(yy - 48) < 10) & (xx > 70) & (xx < 90)] = 3
+    return lab
+
+
+def test_clean_labels_keeps_anatomy_and_removes_islands():
+    lab = _ring_labels()
+    noisy = lab.copy()
+    noisy[46:50, 46:50] = 0  # hole in the blood pool
+    noisy[5:8, 5:8] = 1  # LV island far away
+    noisy[85:88, 5:8] = 3  # RV island
+    noisy[2:4, 60:62] = 2  # myocardium island
+    out = clean_labels(noisy)
+    assert np.array_equal(out, lab)
+    # leading axes are kept
+    stack = clean_labels(np.stack([noisy, noisy])[None])
+    assert stack.shape == (1, 2, 96, 96) and np.array_equal(stack[0, 1], lab)
+
+
+def test_largest_component_of_empty_mask_is_empty():
+    assert not largest_component(np.zeros((8, 8), bool)).any()
+
+
+# ---- losses and metrics ---------------------------------------------------------------------
+def test_edge_targets_are_the_label_outline():
+    lab = torch.zeros(1, 16, 16, dtype=torch.long)
+    lab[0, 4:12, 4:12] = 1
+    edge, valid = edge_targets(lab)
+    assert edge[0, 8, 8] == 0 and edge[0, 0, 0] == 0
+    assert edge[0, 4, 8] == 1 and edge[0, 3, 8] == 1 and edge[0, 5, 8] == 0
+    assert bool(valid.all())
+    lab[0, 0, 0] = IGNORE
+    _, valid = edge_targets(lab)
+    assert not valid[0, 1, 1] and valid[0, 8, 8]
+
+
+def test_loss_ignores_unknown_pixels_and_prefers_the_truth():
+    lab = torch.from_numpy(_ring_labels()).long()[None]
+    good = torch.nn.functional.one_hot(lab, 4).permute(0, 3, 1, 2).float() * 10
+    bad = torch.roll(good, 8, dims=-1)
+    edge = (edge_targets(lab)[0][:, None] * 20 - 10)
+    lg = segmentation_loss(good, edge, lab)["loss"]
+    lb = segmentation_loss(bad, edge, lab)["loss"]
+    assert lg < 0.1 < lb
+    unknown = lab.clone()
+    unknown[:, :, 60:] = IGNORE  # the wrong part of `bad` is now unknown ... partly
+    assert segmentation_loss(bad, edge, unknown)["ce"] < segmentation_loss(bad, edge, lab)["ce"]
+
+
+def test_dice_and_hd95():
+    a = np.zeros((40, 40), bool)
+    a[10:20, 10:20] = True
+    b = np.roll(a, 3, axis=1)
+    assert dice(a, a) == 1.0
+    assert dice(a, b) == pytest.approx(2 * 70 / 200)
+    assert hd95_mm(a, b, (1.0, 2.0)) == pytest.approx(6.0)  # 3 columns x 2 mm
+    assert np.isnan(hd95_mm(a, np.zeros_like(a), (1.0, 1.0)))
+
+
+def test_rigid_shift_moves_the_centroid():
+    lab = np.zeros((64, 64), np.uint8)
+    lab[20:30, 30:40] = 1
+    moved = apply_rigid(lab, Rigid2D(shift_px=(5.0, -7.0)), order=0)
+    assert np.allclose(np.argwhere(moved).mean(0), np.argwhere(lab).mean(0) + [5, -7])
+    rot = apply_rigid(lab, Rigid2D(rotation_deg=90.0), order=0)
+    assert rot.sum() == lab.sum()
+
+
+# ---- the shipped segmenter ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def segmenter():
+    from segment.segmenter import CardiacSegmenter
+
+    torch.set_num_threads(1)
+    return CardiacSegmenter.load_default(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return make_phantom(1007, n_slices=8, n_frames=4)  # a seed never used for training
+
+
+def test_shipped_weights_segment_an_unseen_phantom(segmenter, phantom):
+    s = phantom.labels.shape[0] // 2
+    image, truth = phantom.images[s, 0], phantom.labels[s, 0]
+    labels = segmenter.segment(image, pixel_spacing_mm=phantom.pixel_spacing_mm)
+    assert labels.shape == image.shape and labels.dtype == np.uint8
+    assert set(np.unique(labels)) <= {0, 1, 2, 3}
+    assert dice(labels == 1, truth == 1) > PHANTOM_LV_DICE_MIN
+    assert dice(labels == 2, truth == 2) > PHANTOM_MYO_DICE_MIN
+
+
+def test_segmenter_rejects_bad_input(segmenter):
+    with pytest.raises(ValueError, match="constant"):
+        segmenter.segment(np.zeros((2, 64, 64), np.float32), (1.5, 1.5))
+    with pytest.raises(ValueError, match="pixel_spacing_mm"):
+        segmenter.segment(np.random.rand(64, 64), (0.0, 1.5))
+    with pytest.raises(ValueError, match="pixel_spacing_mm"):
+        segmenter.segment(np.random.rand(64, 64), (float("nan"), 1.5))
+    with pytest.raises(ValueError, match="non-empty"):
+        segmenter.segment(np.zeros((0, 64, 64)), (1.5, 1.5))
+    with pytest.raises(ValueError, match="complex"):
+        segmenter.segment(np.ones((64, 64), np.complex64), (1.5, 1.5))
+
+
+def test_box_mode_returns_a_mask_inside_the_box(segmenter, phantom):
+    s = phantom.labels.shape[0] // 2
+    image, truth = phantom.images[s, 0], phantom.labels[s, 0]
+    ys, xs = np.nonzero(truth == 1)
+    box = (xs.min() - 3, ys.min() - 3, xs.max() + 3, ys.max() + 3)
+    mask = segmenter.segment_with_box(image, box)
+    assert mask.shape == image.shape and mask.dtype == bool
+    outside = np.ones_like(mask)
+    outside[box[1]: box[3] + 1, box[0]: box[2] + 1] = False
+    assert mask.any() and not (mask & outside).any()
+    assert dice(mask, truth == 1) > 0.5
+    with pytest.raises(ValueError, match="box"):
+        segmenter.segment_with_box(image, (50, 50, 40, 60))
+
+
+# ---- CLI -------------------------------------------------------------------------------------
+def test_cli_on_nifti_writes_labels_overlay_and_biomarkers(tmp_path: Path, phantom):
+    nib = pytest.importorskip("nibabel")
+    from cardiomm.commands.segment import load_input
+    import argparse
+
+    from cardiomm.commands import segment as seg_cmd
+
+    s = phantom.labels.shape[0] // 2
+    es = 2
+    stack = phantom.images[s: s + 1, [0, es]]  # [1 slice, 2 frames, y, x]
+    data = np.transpose(stack, (3, 2, 0, 1))  # NIfTI x, y, slice, frame
+    img = nib.Nifti1Image(data.astype(np.float32), np.diag([1.5, 1.5, 10.0, 1.0]))
+    img.header.set_zooms((1.5, 1.5, 10.0, 1.0))
+    src = tmp_path / "cine.nii.gz"
+    nib.save(img, str(src))
+    loaded = load_input(src)
+    assert loaded.images.shape == (1, 2, *phantom.images.shape[-2:])
+    assert loaded.pixel_spacing_mm == (1.5, 1.5) and loaded.slice_spacing_mm == 10.0
+
+    parser = argparse.ArgumentParser()
+    seg_cmd.register(parser.add_subparsers())
+    args = parser.parse_args(["segment", str(src), "--out", str(tmp_path / "out"), "--heart-rate", "60"])
+    assert args.func(args) == 0
+    out = tmp_path / "out"
+    labels = nib.load(str(out / "labels.nii.gz"))
+    assert labels.shape == data.shape
+    assert tuple(float(z) for z in labels.header.get_zooms()[:3]) == (1.5, 1.5, 10.0)
+    assert (out / "overlay.png").stat().st_size > 1000
+    report = json.loads((out / "biomarkers.json").read_text())
+    b = report["biomarkers"]
+    assert b["n_frames"] == 2 and b["lvedv_ml"] > b["lvesv_ml"] > 0
+    assert b["lvef_percent"] == pytest.approx(100 * (b["lvedv_ml"] - b["lvesv_ml"]) / b["lvedv_ml"])
+    assert b["cardiac_output_l_min"] is not None
+    assert not list(out.glob(".*"))  # no temporary files left
+
+
+def test_cli_rejects_unknown_input(tmp_path: Path):
+    from cardiomm.commands.segment import load_input
+    from cardiomm.data.errors import DataFileError
+
+    bad = tmp_path / "scan.txt"
+    bad.write_text("hello")
+    with pytest.raises(DataFileError, match="unknown input type"):
+        load_input(bad)
+    with pytest.raises(DataFileError, match="no such"):
+        load_input(tmp_path / "missing.nii")
