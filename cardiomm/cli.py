@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cardiomm.commands.masks",
     "cardiomm.commands.phantom",
     "cardiomm.commands.recon",
+    "cardiomm.commands.segment",
     "cardiomm.commands.train",
 )
 
