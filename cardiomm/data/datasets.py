@@ -158,6 +158,8 @@ class CineSliceDataset(Dataset):
         acceleration_sampling: ``"range"``, ``"choice"`` or None (range for exactly two values,
             choice otherwise).
         convention: how R counts (``"effective"``: all samples; ``"cmrxrecon"``: outside the ACS).
+            ``uniform`` masks always use ``"cmrxrecon"`` when ``acs_lines > 0`` (a static lattice at an
+            effective R above ~4 leaves no calibration; CMRxRecon counts its uniform masks this way).
         acs_lines: calibration region size passed to :func:`recon.masks.make_mask`.
         calibration: ``"auto"``, ``"acs"`` or ``"time_average"`` (see ``make_mask``).
         deterministic: fixed masks per index (validation/test); else fresh draws (training).
@@ -317,6 +319,10 @@ class CineSliceDataset(Dataset):
         else:
             accel = float(self.accelerations[int(rng.integers(len(self.accelerations)))])
         mask_seed = int(rng.integers(2**31 - 1))
+        # A static lattice at an effective R above ~4 leaves no room for calibration lines and its
+        # time average covers no centre either, so coil maps could not be calibrated: uniform masks
+        # count R outside the ACS lines (CMRxRecon convention, as CMRxRecon's own uniform masks do).
+        convention = "cmrxrecon" if pattern == "uniform" and self.acs_lines > 0 else self.convention
         try:
             m = make_mask(
                 pattern,
@@ -324,7 +330,7 @@ class CineSliceDataset(Dataset):
                 shape,
                 seed=mask_seed,
                 acs_lines=self.acs_lines,
-                convention=self.convention,
+                convention=convention,
                 calibration=self.calibration,
             )
         except ValueError as err:
