@@ -49,6 +49,7 @@ from cardiomm.atomic import atomic_path, write_json_atomic, write_text_atomic
 from cardiomm.data.metadata import ScanMetadata
 from cardiomm.data.sources import open_source
 from cardiomm.inference import DEFAULT_CHECKPOINT, CardioMMReconstructor, load_reconstructor
+from recon.classical import METHOD_LABELS
 from recon.conventions import fft2c, ifft2c, rss
 from recon.masks import make_mask
 from recon.metrics import image_metrics
@@ -56,15 +57,7 @@ from recon.pipeline import reconstruct
 
 CLASSICAL = ["zero-filled", "cg-sense", "cs", "kt-sparse", "lps"]
 LEARNED = ["cardiomm", "cardiomm-unknown-context"]
-LABELS = {
-    "zero-filled": "zero-filled",
-    "cg-sense": "CG-SENSE",
-    "cs": "CS (L1-wavelet, per frame)",
-    "kt-sparse": "k-t SPARSE-SENSE",
-    "lps": "L+S",
-    "cardiomm": "CardioMM",
-    "cardiomm-unknown-context": "CardioMM, context unknown",
-}
+LABELS = {**METHOD_LABELS, "cardiomm": "CardioMM", "cardiomm-unknown-context": "CardioMM, context unknown"}
 SPATIOTEMPORAL = ("kt-sparse", "lps")
 SUNNYBROOK = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sunnybrook" / "dicoms" / "SCD0000301"
 

@@ -31,6 +31,7 @@ from machine import machine_info, machine_line  # benchmarks/ is the script's fo
 from cardiomm.atomic import atomic_path, write_json_atomic, write_text_atomic
 from cardiomm.data.phantom import make_phantom
 from cardiomm.data.simulate import simulate_kspace
+from recon.classical import METHOD_LABELS as LABELS
 from recon.classical import METHODS
 from recon.conventions import ifft2c, rss
 from recon.masks import make_mask
@@ -38,14 +39,6 @@ from recon.metrics import image_metrics
 from recon.pipeline import reconstruct
 
 METHOD_ORDER = ["zero-filled", "cg-sense", "cs", "kt-sparse", "lps", "st-tv"]
-LABELS = {
-    "zero-filled": "zero-filled",
-    "cg-sense": "CG-SENSE",
-    "cs": "CS (L1-wavelet, per frame)",
-    "kt-sparse": "k-t SPARSE-SENSE",
-    "lps": "L+S",
-    "st-tv": "spatio-temporal TV",
-}
 
 
 def simulated_slice(matrix: int, frames: int, coils: int, seed: int, snr_db: float):

@@ -16,6 +16,7 @@ import torch
 
 from cardiomm.data.metadata import ScanMetadata
 from cardiomm.inference import resolve_device
+from recon.classical import METHOD_LABELS as CLASSICAL_LABELS
 from recon.classical import METHODS
 from recon.masks import SamplingMask
 
@@ -23,15 +24,7 @@ from recon.masks import SamplingMask
 METHOD_NAMES: tuple[str, ...] = ("cardiomm", *METHODS)
 
 #: Human-readable names for figures and tables.
-METHOD_LABELS: dict[str, str] = {
-    "cardiomm": "CardioMM",
-    "zero-filled": "zero-filled",
-    "cg-sense": "CG-SENSE",
-    "cs": "CS (L1-wavelet, per frame)",
-    "kt-sparse": "k-t SPARSE-SENSE",
-    "lps": "L+S",
-    "st-tv": "spatio-temporal TV",
-}
+METHOD_LABELS: dict[str, str] = {"cardiomm": "CardioMM", **CLASSICAL_LABELS}
 
 
 @dataclass

@@ -70,8 +70,19 @@ METHODS: dict[str, Callable[..., torch.Tensor]] = {
     "st-tv": st_tv,
 }
 
+#: Human-readable names of the methods, for figures and tables.
+METHOD_LABELS: dict[str, str] = {
+    "zero-filled": "zero-filled",
+    "cg-sense": "CG-SENSE",
+    "cs": "CS (L1-wavelet, per frame)",
+    "kt-sparse": "k-t SPARSE-SENSE",
+    "lps": "L+S",
+    "st-tv": "spatio-temporal TV",
+}
+
 __all__ = [
     "METHODS",
+    "METHOD_LABELS",
     "IterationInfo",
     "SenseProblem",
     "cg_sense",

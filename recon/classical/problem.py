@@ -113,6 +113,14 @@ def check_max_iter(max_iter: int) -> int:
     return int(max_iter)
 
 
+def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
+    """True when ``shape`` broadcasts to exactly ``target``."""
+    try:
+        return torch.broadcast_shapes(shape, target) == target
+    except RuntimeError:
+        return False
+
+
 def kspace_mask(mask: torch.Tensor, kspace: torch.Tensor) -> torch.Tensor:
     """Validate ``mask`` against ``kspace`` and return it as a bool mask broadcastable to it.
 
@@ -132,11 +140,7 @@ def kspace_mask(mask: torch.Tensor, kspace: torch.Tensor) -> torch.Tensor:
     m = mask.to(device=kspace.device, dtype=torch.bool)
     if 4 <= m.ndim == kspace.ndim - 1:
         m = m.unsqueeze(COIL_DIM)
-    try:
-        ok = torch.broadcast_shapes(m.shape, kspace.shape) == kspace.shape
-    except RuntimeError:
-        ok = False
-    if not ok:
+    if not _broadcasts_to(m.shape, kspace.shape):
         raise ValueError(
             f"mask {shape_str(mask.shape)} does not broadcast to k-space {shape_str(kspace.shape)} "
             "(mask axes [..., time, ky, kx], k-space axes [..., coil, time, ky, kx])"
@@ -164,11 +168,7 @@ def check_inputs(kspace: torch.Tensor, sens: torch.Tensor | None) -> None:
             f"sens {shape_str(sens.shape)} does not match kspace {shape_str(kspace.shape)}: expected "
             f"[..., {nc}, 1|{nt}, {kspace.shape[-2]}, {kspace.shape[-1]}]"
         )
-    try:
-        ok = torch.broadcast_shapes(sens.shape, kspace.shape) == kspace.shape
-    except RuntimeError:
-        ok = False
-    if not ok:
+    if not _broadcasts_to(sens.shape, kspace.shape):
         raise ValueError(
             f"leading (batch) axes of sens {shape_str(sens.shape)} do not broadcast to kspace {shape_str(kspace.shape)}"
         )
