@@ -195,7 +195,7 @@ def _cell(v: float, fmt: str = ".3f") -> str:
     return "n/a" if v is None or not np.isfinite(v) else format(v, fmt)
 
 
-def write_outputs(items: list[dict], ev: dict, summary: dict, weights_note: str) -> None:
+def write_outputs(items: list[dict], ev: dict, summary: dict, weights_note: str, out: Path = RESULTS) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -220,8 +220,8 @@ def write_outputs(items: list[dict], ev: dict, summary: dict, weights_note: str)
                                          "myopari_acdc_including_postprocessing": ev["myopari_seconds_per_image"],
                                          "note": "one CPU thread on a shared 2-core machine (other jobs running); GPU not measured"},
                "per_image": ev["rows"]}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(RESULTS / "segmentation.json", payload)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "segmentation.json", payload)
 
     md = ["# Segmentation benchmark: CardioMM SAM decoder vs myopari ACDC network", "",
           "![segmentation](segmentation.png)", "",
@@ -242,7 +242,7 @@ def write_outputs(items: list[dict], ev: dict, summary: dict, weights_note: str)
            f"Seconds per image (CPU, one thread, shared machine): LiteMedSAM encoder {ev['encoder_seconds_per_image']:.2f}, "
            f"cardiac decoder + post-processing {ev['decoder_seconds_per_image']:.2f}, myopari {ev['myopari_seconds_per_image']:.2f}. GPU: not measured.",
            "", f"Decoder weights: {weights_note}. Command: `python benchmarks/segmentation.py`."]
-    write_text_atomic(RESULTS / "segmentation.md", "\n".join(md) + "\n")
+    write_text_atomic(out / "segmentation.md", "\n".join(md) + "\n")
 
     fig = plt.figure(figsize=(15, 7.5))
     ax = fig.add_subplot(2, 1, 1)
@@ -276,7 +276,7 @@ def write_outputs(items: list[dict], ev: dict, summary: dict, weights_note: str)
             a.set_title(f"{it['dataset'].split(' ')[0]} {it['id']} {it['variant']}\n{title}", fontsize=7)
             a.axis("off")
     fig.tight_layout()
-    with atomic_path(RESULTS / "segmentation.png") as tmp:
+    with atomic_path(out / "segmentation.png") as tmp:
         fig.savefig(tmp, dpi=80)
     plt.close(fig)
 
@@ -285,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stage", choices=["features", "evaluate", "all"], default="all")
     p.add_argument("--weights", type=Path, default=None, help="decoder weights (default: the shipped ones)")
+    p.add_argument("--out", type=Path, default=RESULTS, help=f"folder of segmentation.{{json,md,png}} (default {RESULTS})")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     items = build_items()
@@ -294,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage in ("evaluate", "all"):
         ev = stage_evaluate(items, args.weights)
         summary = summarise(items, ev)
-        write_outputs(items, ev, summary, str(args.weights or "segment/weights/cardiac_decoder.pt (shipped)"))
+        write_outputs(items, ev, summary, str(args.weights or "segment/weights/cardiac_decoder.pt (shipped)"), args.out)
         for r in summary["table"]:
             print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}))
         print(json.dumps(summary["lvef_scd0000301"], default=float)[:2000])

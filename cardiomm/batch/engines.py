@@ -21,13 +21,16 @@ from typing import Any, Protocol
 import torch
 
 from cardiomm.batch.prepare import PreparedScan
+from recon.classical import METHOD_LABELS as CLASSICAL_LABELS
+from recon.classical import METHODS as CLASSICAL_REGISTRY
 
-__all__ = ["CLASSICAL_METHODS", "METHODS", "CardioMMEngine", "ClassicalEngine", "SliceEngine", "make_engine"]
+__all__ = ["METHODS", "METHOD_LABELS", "CardioMMEngine", "ClassicalEngine", "SliceEngine", "make_engine"]
 
-#: Classical methods offered by ``cardiomm recon`` (keys of :data:`recon.classical.METHODS`).
-CLASSICAL_METHODS: tuple[str, ...] = ("kt-sparse", "lps", "cg-sense", "cs", "zero-filled", "st-tv")
-#: Every method ``cardiomm recon`` offers; the first is the default.
-METHODS: tuple[str, ...] = ("cardiomm", *CLASSICAL_METHODS)
+#: Every method name (``cardiomm recon``, the demo, the benchmarks): the learned one first (the
+#: default), then the keys of the classical registry :data:`recon.classical.METHODS`.
+METHODS: tuple[str, ...] = ("cardiomm", *CLASSICAL_REGISTRY)
+#: Human-readable names for figures and tables.
+METHOD_LABELS: dict[str, str] = {"cardiomm": "CardioMM", **CLASSICAL_LABELS}
 
 
 class SliceEngine(Protocol):
@@ -51,9 +54,7 @@ class ClassicalEngine:
     """
 
     def __init__(self, method: str, device: torch.device, **params: Any) -> None:
-        from recon.classical import METHODS as CLASSICAL
-
-        if method not in CLASSICAL:
+        if method not in CLASSICAL_REGISTRY:
             raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
         self.name = method
         self.device = device

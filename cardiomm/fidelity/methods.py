@@ -1,8 +1,11 @@
-"""Reconstruction methods by name, behind one call signature, for the demo and the benchmarks.
+"""Reconstruction methods by name, behind one call on a whole scan, for the demo and the benchmarks.
 
-``cardiomm`` is the learned network (:mod:`cardiomm.inference`, the shipped checkpoint unless
-another is given); every other name is a classical method of :mod:`recon.classical`, run
-through :func:`recon.pipeline.reconstruct` with coil maps estimated from the undersampled data.
+A :class:`MethodRunner` takes fully sampled (or already undersampled) k-space, a
+:class:`~recon.masks.SamplingMask` and the scan's metadata, and reconstructs every slice with
+one of the engines of :mod:`cardiomm.batch.engines` (the same code ``cardiomm recon`` runs):
+``cardiomm`` is the learned network (the shipped checkpoint unless another is given), every
+other name a classical method of :mod:`recon.classical` with coil maps estimated from the
+undersampled data.
 """
 
 from __future__ import annotations
@@ -14,17 +17,16 @@ from pathlib import Path
 
 import torch
 
+from cardiomm.batch.engines import METHOD_LABELS, METHODS, make_engine
+from cardiomm.batch.prepare import PreparedScan
 from cardiomm.data.metadata import ScanMetadata
 from cardiomm.inference import resolve_device
-from recon.classical import METHOD_LABELS as CLASSICAL_LABELS
-from recon.classical import METHODS
 from recon.masks import SamplingMask
 
-#: Every method name the benchmarks accept, learned first.
-METHOD_NAMES: tuple[str, ...] = ("cardiomm", *METHODS)
+__all__ = ["METHOD_LABELS", "METHOD_NAMES", "MethodRunner", "make_method"]
 
-#: Human-readable names for figures and tables.
-METHOD_LABELS: dict[str, str] = {"cardiomm": "CardioMM", **CLASSICAL_LABELS}
+#: Every method name the benchmarks accept, learned first.
+METHOD_NAMES: tuple[str, ...] = METHODS
 
 
 @dataclass
@@ -44,6 +46,8 @@ class MethodRunner:
     def __call__(self, kspace: torch.Tensor, sampling: SamplingMask, metadata: ScanMetadata | None = None) -> torch.Tensor:
         if kspace.ndim != 5:
             raise ValueError(f"{self.name}: k-space must be [slice, coil, time, ky, kx], got {list(kspace.shape)}")
+        if not isinstance(sampling, SamplingMask):
+            raise ValueError(f"{self.name}: sampling must be a recon.masks.SamplingMask, got {type(sampling).__name__}")
         t0 = time.perf_counter()
         images = self.run_slices(kspace, sampling, metadata)
         if self.device.type == "cuda":
@@ -59,6 +63,20 @@ def _device(device: str | torch.device) -> torch.device:
     return dev
 
 
+def prepared_scan(kspace: torch.Tensor, sampling: SamplingMask, metadata: ScanMetadata | None) -> PreparedScan:
+    """The retrospectively undersampled scan: ``kspace [slice, coil, time, ky, kx]`` times the mask.
+
+    The mask and its calibration region (``[time, ky, kx]``) are shared by every slice; the
+    metadata get the effective acceleration and the pattern of ``sampling``.
+    """
+    n = kspace.shape[0]
+    meta = metadata if metadata is not None else ScanMetadata()
+    meta = meta.with_updates(acceleration=sampling.r_effective, mask_pattern=sampling.pattern)
+    mask = sampling.mask.to(torch.bool)
+    acs = None if sampling.acs is None else sampling.acs.to(torch.bool).expand(n, *sampling.acs.shape)
+    return PreparedScan(kspace * mask, mask.expand(n, *mask.shape), acs, None, meta)
+
+
 def make_method(
     name: str,
     device: str | torch.device = "auto",
@@ -72,29 +90,20 @@ def make_method(
     Args:
         name: ``cardiomm`` or a classical method name.
         device: ``auto``, ``cpu``, ``cuda``.
-        checkpoint: CardioMM checkpoint (default: the shipped one).
-        batch_size: slices per network call (CardioMM).
+        checkpoint: CardioMM checkpoint (default: the shipped one); only for ``cardiomm``.
+        batch_size: slices per engine call.  Classical methods scale the data of a call
+            together, so keep 1 there for results that do not depend on the batching.
         **params: options of the classical method (e.g. ``max_iter``).
     """
-    dev = _device(device)
-    if name == "cardiomm":
-        from cardiomm.inference import load_reconstructor
-
-        reconstructor = load_reconstructor(checkpoint, device=str(dev))
-
-        def run_cardiomm(kspace: torch.Tensor, sampling: SamplingMask, metadata: ScanMetadata | None) -> torch.Tensor:
-            meta = metadata
-            if meta is not None:
-                meta = meta.with_updates(acceleration=sampling.r_effective, mask_pattern=sampling.pattern)
-            return reconstructor(kspace * sampling.mask, sampling.mask, sampling.acs, meta, batch_size=batch_size).cpu()
-
-        return MethodRunner(name, dev, run_cardiomm)
-    if name not in METHODS:
+    if name not in METHOD_NAMES:
         raise ValueError(f"unknown method {name!r}; choose from {list(METHOD_NAMES)}")
-    from recon.pipeline import reconstruct
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    engine = make_engine(name, _device(device), checkpoint=checkpoint, **params)
 
-    def run_classical(kspace: torch.Tensor, sampling: SamplingMask, metadata: ScanMetadata | None) -> torch.Tensor:
-        out = [reconstruct(kspace[s], sampling, name, device=dev, **params).image.cpu() for s in range(kspace.shape[0])]
-        return torch.stack(out)
+    def run(kspace: torch.Tensor, sampling: SamplingMask, metadata: ScanMetadata | None) -> torch.Tensor:
+        scan = prepared_scan(kspace, sampling, metadata)
+        parts = [engine(scan, i, min(i + batch_size, scan.n_slices)) for i in range(0, scan.n_slices, batch_size)]
+        return torch.cat(parts)
 
-    return MethodRunner(name, dev, run_classical)
+    return MethodRunner(name, engine.device, run)
