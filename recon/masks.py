@@ -71,6 +71,7 @@ __all__ = [
     "SamplingMask",
     "cmrxrecon_name",
     "make_mask",
+    "find_cmrxrecon_name",
     "parse_cmrxrecon_name",
 ]
 
@@ -99,10 +100,11 @@ _CMRX_PREFIX = {
     "kt_gaussian": "ktGaussian",
     "kt_radial": "ktRadial",
 }
-_CMRX_NAME_RE = re.compile(
-    r"(?:^|[_\-/\\])(ktGaussian|ktUniform|ktRadial|Uniform)(\d+(?:\.\d+)?)(?:\.mat)?$",
-    re.IGNORECASE,
-)
+_CMRX_TOKEN = r"(ktGaussian|ktUniform|ktRadial|Uniform)(\d+(?:\.\d+)?)"
+#: a whole mask name, or one that ends a file name after a separator
+_CMRX_NAME_RE = re.compile(r"(?:^|[_\-/\\])" + _CMRX_TOKEN + r"(?:\.mat)?$", re.IGNORECASE)
+#: a pattern spelling anywhere in a longer name (``cine_sax_kus_ktGaussian8``, ``mask_ktRadial16``)
+_CMRX_TOKEN_RE = re.compile(_CMRX_TOKEN, re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -650,6 +652,22 @@ def cmrxrecon_name(m: SamplingMask) -> str:
     return f"{_CMRX_PREFIX[m.pattern]}{_format_r(r)}"
 
 
+def _cmrx_pattern_and_r(match: re.Match[str]) -> tuple[str, float]:
+    prefix = match.group(1).lower()
+    return next(p for p, pre in _CMRX_PREFIX.items() if pre.lower() == prefix), float(match.group(2))
+
+
+def find_cmrxrecon_name(text: str) -> tuple[str, float] | None:
+    """The first CMRxRecon mask spelling anywhere in ``text``, or None.
+
+    ``"cine_sax_kus_ktGaussian8"`` -> ``("kt_gaussian", 8.0)``; case-insensitive.  Unlike
+    :func:`parse_cmrxrecon_name` it accepts the spelling inside longer names and never raises;
+    R is in the cmrxrecon convention and not checked.
+    """
+    match = _CMRX_TOKEN_RE.search(text)
+    return None if match is None else _cmrx_pattern_and_r(match)
+
+
 def parse_cmrxrecon_name(name: str) -> tuple[str, float]:
     """``"ktGaussian24"`` -> ``("kt_gaussian", 24.0)``; also ``ktUniform8``, ``ktRadial16``, ``Uniform4``.
 
@@ -664,8 +682,7 @@ def parse_cmrxrecon_name(name: str) -> tuple[str, float]:
             f"not a CMRxRecon mask name: {name!r}; expected one of "
             f"{', '.join(p + '<R>' for p in _CMRX_PREFIX.values())}, e.g. 'ktGaussian24'"
         )
-    prefix, r = match.group(1).lower(), float(match.group(2))
-    pattern = next(p for p, pre in _CMRX_PREFIX.items() if pre.lower() == prefix)
+    pattern, r = _cmrx_pattern_and_r(match)
     if r < 1.0:
         raise ValueError(f"CMRxRecon mask name {name!r} has R={r:g} < 1")
     return pattern, r

@@ -199,6 +199,9 @@ def test_pattern_names():
     assert parse_cmrxrecon_pattern("kspace_sub10") == ("uniform", 10)
     assert parse_cmrxrecon_pattern("cine_sax_mask_ktRadial4") == ("kt_radial", 4)
     assert parse_cmrxrecon_pattern("mask", "cine_sax_mask") == (None, None)
+    # a pattern word without its kt prefix is not a CMRxRecon name (used to raise KeyError)
+    assert parse_cmrxrecon_pattern("cine_sax_mask_Gaussian8") == (None, None)
+    assert parse_cmrxrecon_pattern("cine_sax_kus_ktGaussian8.5.mat") == ("kt_gaussian", 8.5)
 
 
 def test_scanner_from_2025_folder(tmp_path):

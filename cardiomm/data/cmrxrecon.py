@@ -51,6 +51,7 @@ import scipy.io
 
 from cardiomm.data.errors import DataFileError
 from cardiomm.data.metadata import KSpaceScan, ScanMetadata
+from recon.masks import find_cmrxrecon_name
 
 __all__ = [
     "CMRxReconMask",
@@ -60,14 +61,6 @@ __all__ = [
     "list_mat_variables",
 ]
 
-#: CMRxRecon pattern spellings -> CardioMM pattern names.
-_PATTERN_NAMES = {
-    "uniform": "uniform",
-    "ktuniform": "kt_uniform",
-    "ktgaussian": "kt_gaussian",
-    "ktradial": "kt_radial",
-}
-_PATTERN_RE = re.compile(r"(kt)?(uniform|gaussian|radial)(\d+)", re.IGNORECASE)
 _SUB_RE = re.compile(r"(?:^|_)(?:sub|mask)(\d+)$", re.IGNORECASE)
 
 #: Variable names of fully sampled and undersampled k-space, in order of preference.
@@ -217,10 +210,9 @@ def parse_cmrxrecon_pattern(*names: str) -> tuple[str | None, float | None]:
     for name in names:
         stem = Path(name).name
         stem = stem[:-4] if stem.lower().endswith(".mat") else stem
-        m = _PATTERN_RE.search(stem)
-        if m:
-            kind = ((m.group(1) or "") + m.group(2)).lower()
-            return _PATTERN_NAMES[kind], float(m.group(3))
+        found = find_cmrxrecon_name(stem)
+        if found is not None:
+            return found
         m = _SUB_RE.search(stem)
         if m:
             return "uniform", float(m.group(1))
