@@ -6,20 +6,30 @@ square of side ``max(ny, nx)`` (so the anatomy keeps its aspect ratio) and resiz
 :class:`GridGeometry` records this so that per-pixel outputs can be put back on the
 original pixels, where the original pixel spacing holds.  The model-grid pixel spacing is
 ``spacing * side / 256`` in both directions when the original pixels are square.
+
+Images with a small field of view (a tight crop around the heart, a CMRxRecon-style cropped
+reconstruction) would show the heart far larger on the model grid than any training image did,
+and the decoder fails on them.  With the pixel spacing given, the square is therefore padded
+further, to at least ``min_fov_mm`` (:data:`MIN_FOV_MM`), so the model grid never has pixels
+finer than ``min_fov_mm / 256``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["MODEL_SIZE", "GridGeometry", "normalize_intensity", "to_model_grid", "from_model_grid"]
+__all__ = ["MIN_FOV_MM", "MODEL_SIZE", "GridGeometry", "normalize_intensity", "to_model_grid", "from_model_grid"]
 
 #: side of the square model grid in pixels (LiteMedSAM input size)
 MODEL_SIZE = 256
+#: smallest field of view (mm) put on the model grid when the pixel spacing is known; the
+#: decoder was trained on fields of view of 260-380 mm
+MIN_FOV_MM = 300.0
 
 
 def normalize_intensity(
@@ -70,11 +80,16 @@ class GridGeometry:
     pad: tuple[int, int]
 
     @classmethod
-    def for_shape(cls, shape: tuple[int, int]) -> "GridGeometry":
+    def for_shape(cls, shape: tuple[int, int], pixel_spacing_mm: tuple[float, float] | None = None,
+                  min_fov_mm: float = MIN_FOV_MM) -> "GridGeometry":
+        """Geometry of an ``(ny, nx)`` image: a centred square of side ``max(ny, nx)`` pixels, or more
+        when ``pixel_spacing_mm`` (row, col) is given and the square would cover less than ``min_fov_mm``."""
         ny, nx = int(shape[0]), int(shape[1])
         if ny < 8 or nx < 8:
             raise ValueError(f"image of {ny}x{nx} pixels is too small to segment (need at least 8x8)")
         side = max(ny, nx)
+        if pixel_spacing_mm is not None:
+            side = max(side, int(math.ceil(float(min_fov_mm) / min(float(v) for v in pixel_spacing_mm) - 1e-6)))
         return cls(shape=(ny, nx), side=side, pad=((side - ny) // 2, (side - nx) // 2))
 
     def model_spacing_mm(self, pixel_spacing_mm: tuple[float, float]) -> tuple[float, float]:

@@ -5,7 +5,7 @@
     labels = seg.segment(images, pixel_spacing_mm=(1.37, 1.37))   # images [..., y, x]
 
 Every ``[y, x]`` image is normalised (percentile clip to ``[0, 1]``), zero-padded to a square
-and resized to the 256x256 model grid (:mod:`segment.preprocess`); class probabilities are
+(at least :data:`segment.preprocess.MIN_FOV_MM` wide, so tight crops work) and resized to the 256x256 model grid (:mod:`segment.preprocess`); class probabilities are
 resized back to the original pixels before the argmax, so the labels live on the input grid
 and the input pixel spacing holds for volumes.  Post-processing: :mod:`segment.postprocess`
 plus removal of structures smaller than ``min_area_mm2``.
@@ -98,15 +98,17 @@ class CardiacSegmenter:
             out.append(o["logits"].softmax(1).cpu())
         return torch.cat(out)
 
-    def probabilities(self, images: np.ndarray) -> torch.Tensor:
+    def probabilities(self, images: np.ndarray, pixel_spacing_mm: Sequence[float] | None = None) -> torch.Tensor:
         """Class probabilities on the input pixels.
 
         Args:
             images: real magnitude images ``[n, y, x]``.
+            pixel_spacing_mm: ``(row, col)`` in mm; when given, images with a field of view
+                under :data:`segment.preprocess.MIN_FOV_MM` are zero-padded to it first.
         Returns:
             float ``[n, 4, y, x]`` (0 bg, 1 LV blood, 2 LV myocardium, 3 RV blood).
         """
-        geom = GridGeometry.for_shape(images.shape[-2:])
+        geom = GridGeometry.for_shape(images.shape[-2:], pixel_spacing_mm)
         normed = []
         for i, im in enumerate(images):
             try:
@@ -137,7 +139,7 @@ class CardiacSegmenter:
         if np.iscomplexobj(arr):
             raise ValueError("images are complex: pass magnitude images (np.abs)")
         flat = arr.reshape(-1, *arr.shape[-2:]).astype(np.float32)
-        labels = self.labels_from_probabilities(self.probabilities(flat), ps, postprocess=postprocess)
+        labels = self.labels_from_probabilities(self.probabilities(flat, ps), ps, postprocess=postprocess)
         return labels.reshape(arr.shape)
 
     def labels_from_probabilities(self, probs: torch.Tensor, pixel_spacing_mm: Sequence[float],

@@ -15,7 +15,7 @@ from segment.augment import Rigid2D, apply_rigid
 from segment.losses import IGNORE, edge_targets, segmentation_loss
 from segment.metrics import dice, hd95_mm
 from segment.postprocess import clean_labels, largest_component
-from segment.preprocess import MODEL_SIZE, GridGeometry, from_model_grid, normalize_intensity, to_model_grid
+from segment.preprocess import MIN_FOV_MM, MODEL_SIZE, GridGeometry, from_model_grid, normalize_intensity, to_model_grid
 
 # measured on the shipped weights (see segment/weights/README.md), with a margin
 PHANTOM_LV_DICE_MIN = 0.85
@@ -58,6 +58,27 @@ def test_model_grid_round_trip(shape):
     # spacing bookkeeping: the model grid covers the padded square side
     ps = geom.model_spacing_mm((1.25, 1.25))
     assert ps[0] == pytest.approx(1.25 * max(shape) / MODEL_SIZE)
+
+
+@pytest.mark.parametrize("shape, spacing, side", [
+    ((96, 80), (1.5, 1.5), 200),      # 144 mm crop: padded to 300 mm
+    ((128, 128), (2.25, 2.25), 134),  # 288 mm: padded a little
+    ((256, 256), (1.367, 1.367), 256),  # 350 mm: left as it is
+    ((100, 120), (2.0, 3.0), 150),    # the finer axis sets the side
+])
+def test_model_grid_pads_small_fields_of_view(shape, spacing, side):
+    geom = GridGeometry.for_shape(shape, spacing)
+    assert geom.side == side
+    assert min(geom.model_spacing_mm(spacing)) * MODEL_SIZE >= MIN_FOV_MM - 1e-6
+    image = np.random.default_rng(0).random(shape).astype(np.float32)
+    grid = to_model_grid(image[None], geom)
+    back = from_model_grid(grid[:, None], geom)[0, 0].numpy()
+    assert back.shape == shape
+    # the image sits in the middle of the padded square, zeros around it
+    top, left = geom.pad
+    assert top == (side - shape[0]) // 2 and left == (side - shape[1]) // 2
+    if side > max(shape) * 1.2:
+        assert float(grid[0, :3].abs().max()) == 0.0 and float(grid[0, :, :3].abs().max()) == 0.0
 
 
 # ---- post-processing -----------------------------------------------------------------------
