@@ -91,7 +91,7 @@ def stage_features(items: list[dict]) -> None:
 
     samples = []
     for it in items:
-        geom = GridGeometry.for_shape(it["image"].shape)
+        geom = GridGeometry.for_shape(it["image"].shape, it["spacing"])  # as CardiacSegmenter.segment does
         grid = to_model_grid(normalize_intensity(it["image"])[None], geom)[0].numpy()
         samples.append(Sample(grid, np.zeros((256, 256), np.uint8), 1.0, f"{it['dataset']}:{it['id']}:{it['variant']}"))
     build_cache(samples, CACHE, FrozenImageEncoder(load_litemedsam().image_encoder))
@@ -119,7 +119,7 @@ def stage_evaluate(items: list[dict], weights: Path | None) -> dict:
     t_dec = t_acdc = 0.0
     rows = []
     for i, it in enumerate(items):
-        geom = GridGeometry.for_shape(it["image"].shape)
+        geom = GridGeometry.for_shape(it["image"].shape, it["spacing"])  # as CardiacSegmenter.segment does
         feats = EncoderFeatures(torch.from_numpy(np.asarray(cache["embedding"][i: i + 1], np.float32)),
                                 torch.from_numpy(np.asarray(cache["stage1"][i: i + 1], np.float32)))
         grid = torch.from_numpy(np.asarray(cache["image"][i: i + 1], np.float32))

@@ -19,7 +19,7 @@ import torch
 
 from segment.decoder import CardiacDecoder
 from segment.losses import segmentation_loss
-from segment.training_data import load_cache
+from segment.training_data import load_caches
 
 __all__ = ["fit", "random_windows"]
 
@@ -54,13 +54,13 @@ def _batch(cache: dict[str, Any], idx: np.ndarray, corners: np.ndarray) -> tuple
 
 
 def fit(cfg: dict[str, Any]) -> Path:
-    """Train on ``cfg['cache_dir']`` and save ``cfg['output']`` (state dict + config + log)."""
+    """Train on every cache of the config (:func:`segment.train.cache_dirs`) and save ``cfg['output']`` (state dict + config + log)."""
+    from segment.train import cache_dirs
+
     from rich.progress import Progress
 
     tcfg, mcfg = cfg["train"], cfg["model"]
-    cache_dir = Path(cfg["cache_dir"])
-    cache = load_cache(cache_dir)
-    cache = {k: (np.ascontiguousarray(v) if isinstance(v, np.ndarray) else v) for k, v in cache.items()}  # into RAM
+    cache = load_caches(cache_dirs(cfg))  # into RAM
     n = len(cache["weights"])
     rng = np.random.default_rng(cfg["seed"])
     model = CardiacDecoder(**mcfg)

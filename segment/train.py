@@ -3,13 +3,16 @@
     python -m segment.train --config configs/segment_decoder.yaml [--stage cache|fit|all]
 
 ``cache`` builds the training samples (:mod:`segment.training_data`) and encodes them once
-with the frozen encoder; ``fit`` trains :class:`segment.decoder.CardiacDecoder` on the cache
+with the frozen encoder, into ``cache_dir`` (phantom and Sunnybrook images) and, when the config
+has a ``reconstructions`` section, into its own ``cache_dir`` (reconstructed phantom slices); a
+cache that is complete and was built from the same config section is kept.  ``fit`` trains :class:`segment.decoder.CardiacDecoder` on the cache
 with loss = Dice + CE + 0.5 x edge BCE (:mod:`segment.losses`) and writes the weights.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -27,10 +30,62 @@ def load_config(path: str | Path) -> dict[str, Any]:
     return cfg
 
 
-def make_cache(cfg: dict[str, Any]) -> float:
-    from segment.augment import AugmentConfig
+def fingerprint(*parts: Any) -> str:
+    """Short hash of config sections (JSON, sorted keys): what a cache was built from."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def cache_dirs(cfg: dict[str, Any]) -> list[Path]:
+    """Every cache the config trains on: ``cache_dir``, then ``reconstructions.cache_dir`` if any."""
+    dirs = [Path(cfg["cache_dir"])]
+    if cfg.get("reconstructions"):
+        dirs.append(Path(cfg["reconstructions"]["cache_dir"]))
+    return dirs
+
+
+def make_cache(cfg: dict[str, Any]) -> None:
+    """Build (or keep, when complete and up to date) every cache of the config."""
     from segment.litemedsam import FrozenImageEncoder, load_litemedsam
-    from segment.training_data import build_cache, phantom_samples, sunnybrook_samples
+    from segment.training_data import build_cache, cache_is_complete
+
+    jobs = [(Path(cfg["cache_dir"]), fingerprint(cfg["seed"], cfg["data"], cfg["augment"]), _image_samples)]
+    if cfg.get("reconstructions"):
+        from cardiomm.inference import DEFAULT_CHECKPOINT
+
+        ckpt = hashlib.sha256(Path(DEFAULT_CHECKPOINT).read_bytes()).hexdigest()[:16]
+        jobs.append((Path(cfg["reconstructions"]["cache_dir"]),
+                     fingerprint(cfg["seed"], cfg["reconstructions"], cfg["augment"], ckpt), _reconstruction_samples))
+    encoder = None
+    for folder, fp, make_samples in jobs:
+        if cache_is_complete(folder, fp):
+            print(f"{folder}: complete and up to date, kept", flush=True)
+            continue
+        samples = make_samples(cfg)
+        print(f"{folder}: {len(samples)} training images; encoding ...", flush=True)
+        encoder = encoder or FrozenImageEncoder(load_litemedsam().image_encoder)
+        t0 = time.perf_counter()
+        sec = build_cache(samples, folder, encoder, fingerprint=fp)
+        print(f"{folder}: written in {time.perf_counter() - t0:.0f} s ({sec:.2f} encoder s/image)", flush=True)
+
+
+def _reconstruction_samples(cfg: dict[str, Any]) -> list:
+    from segment.augment import AugmentConfig
+    from segment.training_data import reconstruction_samples
+
+    r = cfg["reconstructions"]
+    rng = np.random.default_rng([cfg["seed"], 1])
+    lo, hi = r["phantom_seeds"]
+    samples = list(reconstruction_samples(
+        list(range(lo, hi + 1)), list(r["methods"]), list(r["patterns"]), tuple(r["accel_range"]), rng,
+        AugmentConfig(**cfg["augment"]), matrices=tuple(r["matrices"]), fov_range_mm=tuple(r["fov_range_mm"]),
+        n_frames=int(r["n_frames"]), n_coils=int(r["coils"]), snr_db=float(r["snr_db"]),
+        augment_fraction=float(r["augment_fraction"])))
+    return [samples[i] for i in rng.permutation(len(samples))]
+
+
+def _image_samples(cfg: dict[str, Any]) -> list:
+    from segment.augment import AugmentConfig
+    from segment.training_data import phantom_samples, sunnybrook_samples
 
     d = cfg["data"]
     rng = np.random.default_rng(cfg["seed"])
@@ -40,10 +95,7 @@ def make_cache(cfg: dict[str, Any]) -> float:
     samples += list(sunnybrook_samples(Path(d["sunnybrook_root"]), d["sunnybrook_patients"], d["sunnybrook_copies"],
                                        d["sunnybrook_teacher_frames"], rng, aug, d["es_ring_mm"], d["teacher_weight"]))
     order = rng.permutation(len(samples))  # interleave sources: an interrupted cache stays balanced
-    samples = [samples[i] for i in order]
-    print(f"{len(samples)} training images; encoding ...", flush=True)
-    enc = FrozenImageEncoder(load_litemedsam().image_encoder)
-    return build_cache(samples, Path(cfg["cache_dir"]), enc)
+    return [samples[i] for i in order]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,9 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(int(cfg["train"].get("threads", 1)))
     torch.manual_seed(cfg["seed"])
     if args.stage in ("cache", "all"):
-        t0 = time.perf_counter()
-        sec = make_cache(cfg)
-        print(f"cache written in {time.perf_counter() - t0:.0f} s ({sec:.2f} encoder s/image)")
+        make_cache(cfg)
     if args.stage in ("fit", "all"):
         from segment.fit import fit
 

@@ -11,6 +11,10 @@ loss weight.  Sources:
   contour (end-systole) get 255 in a ring of ``es_ring_mm`` around the blood pool, where the
   unlabelled myocardium is.
 * ``sunnybrook_teacher``: non-contoured Sunnybrook frames with the teacher's labels (lower weight).
+* ``recon``: phantom slices *reconstructed* from simulated undersampled multi-coil k-space
+  (CardioMM and classical methods, k-t patterns, R 4-24) at end-diastole and end-systole, with
+  the phantom's exact labels, so the decoder learns the blur and aliasing of reconstructions
+  at high acceleration instead of seeing them first at test time.
 
 Augmented copies are made on the model grid (the frozen encoder must re-encode them, so
 the copies are fixed at caching time).  :func:`build_cache` encodes everything once and
@@ -33,7 +37,8 @@ from cardiomm.data.labels import LV_BLOOD, LV_MYOCARDIUM, RV_BLOOD
 from segment.augment import AugmentConfig, apply_rigid, random_intensity, random_rigid
 from segment.preprocess import GridGeometry, normalize_intensity, to_model_grid
 
-__all__ = ["IGNORE", "Sample", "phantom_samples", "sunnybrook_samples", "build_cache", "load_cache"]
+__all__ = ["IGNORE", "Sample", "phantom_samples", "reconstruction_samples", "sunnybrook_samples", "build_cache",
+           "cache_is_complete", "load_cache", "load_caches"]
 
 IGNORE = 255
 
@@ -48,8 +53,9 @@ class Sample:
     source: str
 
 
-def _to_grid(image: np.ndarray, label: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None, GridGeometry]:
-    geom = GridGeometry.for_shape(image.shape)
+def _to_grid(image: np.ndarray, label: np.ndarray | None,
+             pixel_spacing_mm: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray | None, GridGeometry]:
+    geom = GridGeometry.for_shape(image.shape, pixel_spacing_mm)
     img = to_model_grid(normalize_intensity(image)[None], geom)[0].numpy()
     if label is None:
         return img, None, geom
@@ -81,6 +87,49 @@ def phantom_samples(
             if rng.random() < augment_fraction:
                 img, lab = _augmented(img, lab, rng, cfg)
             yield Sample(img, lab, 1.0, f"phantom:{seed}:{s}:{f}")
+
+
+def reconstruction_samples(
+    seeds: list[int], methods: list[str], patterns: list[str], accel_range: tuple[float, float],
+    rng: np.random.Generator, cfg: AugmentConfig, *, matrices: tuple[int, ...] = (128, 160),
+    fov_range_mm: tuple[float, float] = (260.0, 340.0), n_frames: int = 12, n_coils: int = 10,
+    snr_db: float = 30.0, augment_fraction: float = 0.5,
+) -> Iterator[Sample]:
+    """Reconstructions of phantom slices at end-diastole and end-systole (SIMULATED acquisitions).
+
+    For every seed: a phantom with a random matrix (``matrices``) and field of view, one random
+    slice through the LV, a simulated ``n_coils`` acquisition, one random pattern and an effective
+    R uniform in ``accel_range``; every method of ``methods`` (names of
+    :data:`cardiomm.fidelity.methods.METHOD_NAMES`; ``cardiomm`` is the shipped checkpoint)
+    reconstructs it and the magnitude at frame 0 (ED) and at the phantom's ES frame is a sample
+    with the phantom's exact labels.
+    """
+    from cardiomm.data.phantom import make_phantom
+    from cardiomm.data.simulate import simulate_kspace
+    from cardiomm.fidelity.methods import make_method
+    from recon.masks import make_mask
+
+    runners = [make_method(m, "cpu") for m in methods]
+    for seed in seeds:
+        n = int(rng.choice(list(matrices)))
+        fov = float(rng.uniform(*fov_range_mm))
+        ph = make_phantom(seed, n_frames=n_frames, matrix=(n, n), pixel_spacing_mm=(fov / n, fov / n))
+        es = int(ph.design.es_frame)
+        slices = [s for s in range(ph.labels.shape[0]) if (ph.labels[s, es] == LV_BLOOD).any()]
+        s = int(rng.choice(slices))
+        acq = simulate_kspace(ph.images[s: s + 1], n_coils=n_coils, seed=seed, snr_db=snr_db,
+                              pixel_spacing_mm=ph.pixel_spacing_mm, slice_thickness_mm=ph.slice_thickness_mm)
+        kspace = torch.as_tensor(acq.kspace)
+        pattern = str(rng.choice(list(patterns)))
+        accel = float(rng.uniform(*accel_range))
+        sampling = make_mask(pattern, accel, tuple(kspace.shape[-3:]), seed=seed)
+        for runner in runners:
+            magnitude = runner(kspace, sampling, acq.metadata)[0].abs().numpy()
+            for f in (0, es):
+                img, lab, _ = _to_grid(magnitude[f], ph.labels[s, f], ph.pixel_spacing_mm)
+                if rng.random() < augment_fraction:
+                    img, lab = _augmented(img, lab, rng, cfg)
+                yield Sample(img, lab, 1.0, f"recon:{runner.name}:{pattern}:R{sampling.r_effective:.1f}:{seed}:{s}:{f}")
 
 
 def _sunnybrook_label(manual: np.ndarray, teacher: np.ndarray, has_epi: bool, spacing_mm: float, ring_mm: float) -> np.ndarray:
@@ -125,7 +174,17 @@ def sunnybrook_samples(
             yield Sample(img, glab, teacher_weight, f"sunnybrook_teacher:{pid}:{s}:{f}")
 
 
-def build_cache(samples: list[Sample], folder: Path, encoder: torch.nn.Module, batch: int = 2, progress: bool = True) -> float:
+def cache_is_complete(folder: Path, fingerprint: str) -> bool:
+    """True when ``folder`` holds a fully encoded cache built from a config with this fingerprint."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return meta.get("fingerprint") == fingerprint and int(meta.get("n_encoded", -1)) == int(meta.get("n", -2))
+
+
+def build_cache(samples: list[Sample], folder: Path, encoder: torch.nn.Module, batch: int = 2, progress: bool = True,
+                fingerprint: str | None = None) -> float:
     """Encode ``samples`` with the frozen encoder and store them in ``folder``.
 
     Writes ``image.npy`` float16 ``[n, 256, 256]`` and ``label.npy`` uint8 ``[n, 256, 256]``
@@ -144,7 +203,7 @@ def build_cache(samples: list[Sample], folder: Path, encoder: torch.nn.Module, b
     emb = np.lib.format.open_memmap(folder / "embedding.npy", mode="w+", dtype=np.float16, shape=(n, 256, 64, 64))
     st1 = np.lib.format.open_memmap(folder / "stage1.npy", mode="w+", dtype=np.float16, shape=(n, 128, 128, 128))
     meta = {"n": n, "n_encoded": 0, "weights": [s.weight for s in samples], "sources": [s.source for s in samples],
-            "encoder_seconds_per_image": None}
+            "encoder_seconds_per_image": None, "fingerprint": fingerprint}
     t_total = 0.0
     with Progress(disable=not progress) as bar:
         task = bar.add_task("encoding (LiteMedSAM, frozen)", total=n)
@@ -173,4 +232,14 @@ def load_cache(folder: Path) -> dict[str, np.ndarray | list]:
     out: dict[str, np.ndarray | list] = {k: np.load(folder / f"{k}.npy", mmap_mode="r")[:m] for k in ("embedding", "stage1", "image", "label")}
     out["weights"] = np.asarray(meta["weights"][:m], dtype=np.float32)
     out["sources"] = meta["sources"][:m]
+    return out
+
+
+def load_caches(folders: list[Path]) -> dict[str, np.ndarray | list]:
+    """Several caches (:func:`load_cache`) concatenated into one, in RAM."""
+    parts = [load_cache(f) for f in folders]
+    out: dict[str, np.ndarray | list] = {}
+    for key in ("embedding", "stage1", "image", "label", "weights"):
+        out[key] = np.concatenate([np.asarray(p[key]) for p in parts])
+    out["sources"] = [s for p in parts for s in p["sources"]]
     return out

@@ -155,6 +155,52 @@ def test_rigid_shift_moves_the_centroid():
     assert rot.sum() == lab.sum()
 
 
+# ---- training data ---------------------------------------------------------------------------
+def test_reconstruction_samples_label_reconstructed_ed_and_es_frames():
+    from segment.augment import AugmentConfig
+    from segment.training_data import IGNORE, reconstruction_samples
+
+    rng = np.random.default_rng(0)
+    samples = list(reconstruction_samples([3], ["zero-filled"], ["kt_gaussian"], (8.0, 8.0), rng, AugmentConfig(),
+                                          matrices=(64,), fov_range_mm=(300.0, 300.0), n_frames=6, n_coils=4,
+                                          augment_fraction=0.0))
+    assert len(samples) == 2  # ED and ES of one slice, one method
+    ph = make_phantom(3, n_frames=6, matrix=(64, 64), pixel_spacing_mm=(300 / 64, 300 / 64))
+    for sample, frame in zip(samples, (0, int(ph.design.es_frame))):
+        assert sample.source.startswith("recon:zero-filled:kt_gaussian:R8.") and sample.source.endswith(f":{frame}")
+        assert sample.image01.shape == sample.label.shape == (MODEL_SIZE, MODEL_SIZE)
+        assert 0.0 <= sample.image01.min() and sample.image01.max() <= 1.0
+        assert set(np.unique(sample.label)) <= {0, 1, 2, 3, IGNORE} and (sample.label == 1).any()
+    # ES has the smaller blood pool (the labels are the phantom's own, frame by frame)
+    assert (samples[1].label == 1).sum() < (samples[0].label == 1).sum()
+
+
+def test_caches_are_kept_only_when_complete_and_built_from_the_same_config(tmp_path: Path):
+    from segment.train import fingerprint
+    from segment.training_data import Sample, build_cache, cache_is_complete, load_caches
+
+    class FakeEncoder(torch.nn.Module):
+        def forward(self, x):
+            from segment.litemedsam import EncoderFeatures
+
+            n = x.shape[0]
+            return EncoderFeatures(torch.full((n, 256, 64, 64), float(x.mean())), torch.zeros(n, 128, 128, 128))
+
+    def samples(k: int, tag: str) -> list[Sample]:
+        return [Sample(np.full((256, 256), i / 10, np.float32), np.zeros((256, 256), np.uint8), 1.0, f"{tag}:{i}")
+                for i in range(k)]
+
+    fp = fingerprint(0, {"a": 1})
+    assert fp == fingerprint(0, {"a": 1}) != fingerprint(0, {"a": 2})
+    assert not cache_is_complete(tmp_path / "a", fp)
+    build_cache(samples(3, "x"), tmp_path / "a", FakeEncoder(), progress=False, fingerprint=fp)
+    build_cache(samples(2, "y"), tmp_path / "b", FakeEncoder(), progress=False, fingerprint="other")
+    assert cache_is_complete(tmp_path / "a", fp) and not cache_is_complete(tmp_path / "b", fp)
+    both = load_caches([tmp_path / "a", tmp_path / "b"])
+    assert both["embedding"].shape[0] == both["label"].shape[0] == len(both["weights"]) == 5
+    assert both["sources"] == ["x:0", "x:1", "x:2", "y:0", "y:1"]
+
+
 # ---- the shipped segmenter ------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def segmenter():
