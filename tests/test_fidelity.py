@@ -52,6 +52,32 @@ def test_dice_and_bland_altman_by_hand():
         dice_per_class(np.zeros((2, 2)), np.zeros((2, 3)))
 
 
+def test_transposed_cases_are_segmented_as_the_scanner_stored_them(case):
+    """DICOM sources with phase encoding along x are transposed by the loader; the segmenter must see them untransposed."""
+    from dataclasses import replace
+
+    class TopRowSegmenter:  # orientation-sensitive: labels the first image row, records what it saw
+        def __init__(self):
+            self.spacings = []
+
+        def segment(self, images, pixel_spacing_mm):
+            self.spacings.append(tuple(pixel_spacing_mm))
+            labels = np.zeros(np.shape(images), np.uint8)
+            labels[..., 0, :] = 1
+            return labels
+
+    images = np.random.default_rng(0).random((2, 6, 10), dtype=np.float32)  # [frame, y, x], not square
+    meta = case.metadata.with_updates(pixel_spacing_mm=(1.0, 2.0))
+    plain = replace(case, metadata=meta)
+    flipped = replace(case, metadata=meta.with_updates(extra={**meta.extra, "transposed": True}))
+    seg = TopRowSegmenter()
+    assert not plain.transposed and flipped.transposed
+    assert plain.segment(seg, images)[:, 0, :].all() and plain.segment(seg, images).sum() == 2 * 10
+    out = flipped.segment(seg, images)
+    assert out.shape == images.shape and out[:, :, 0].all() and out.sum() == 2 * 6  # the first column
+    assert seg.spacings == [(1.0, 2.0), (1.0, 2.0), (2.0, 1.0)]
+
+
 def test_runner_identity_has_no_error_and_zero_filled_degrades(case, tmp_path):
     seg = BrightnessSegmenter()
     methods = [identity_method(), make_method("zero-filled", "cpu")]

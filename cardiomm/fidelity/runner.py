@@ -107,6 +107,24 @@ class FidelityCase:
         return float(ps[0]), float(ps[1])
 
     @property
+    def transposed(self) -> bool:
+        """True when the loader swapped image y and x (DICOM phase encoding along x, see :mod:`cardiomm.data.sources`)."""
+        return bool((self.metadata.extra or {}).get("transposed", False))
+
+    def segment(self, segmenter: Segmenter, images: np.ndarray) -> np.ndarray:
+        """Labels of ``images [..., y, x]`` (this case's grid), segmented as the scanner stored them.
+
+        A transposed case is transposed back for the segmenter and its labels are transposed
+        again: a transpose is a flip plus a 90 degree rotation, and the segmenter was trained on
+        rotations of at most 15 degrees.
+        """
+        if not self.transposed:
+            return segmenter.segment(images, self.pixel_spacing_mm)
+        row, col = self.pixel_spacing_mm
+        labels = segmenter.segment(np.swapaxes(images, -1, -2), (col, row))
+        return np.ascontiguousarray(np.swapaxes(labels, -1, -2))
+
+    @property
     def slice_spacing_mm(self) -> float:
         ss = self.metadata.slice_spacing_mm or self.metadata.slice_thickness_mm
         if ss is None:
@@ -148,17 +166,17 @@ def _biomarkers(labels: np.ndarray, case: FidelityCase, ed_es: tuple[int, int] |
     return d
 
 
-def ed_es_from_mid_slice(segmenter: Segmenter, reference: np.ndarray, pixel_spacing_mm: tuple[float, float]) -> tuple[int, int]:
-    """ED and ES frames: largest and smallest LV blood area of the segmented mid-ventricular slice.
+def ed_es_from_mid_slice(segmenter: Segmenter, case: FidelityCase) -> tuple[int, int]:
+    """ED and ES frames: largest and smallest LV blood area of the segmented mid-ventricular slice
+    of the case's fully sampled reference (``[slice, time, y, x]``).
 
-    Args:
-        reference: magnitude ``[slice, time, y, x]``.
     Raises:
         ValueError: the stack has one frame, or no LV was found in the mid slice.
     """
+    reference = case.reference
     if reference.shape[1] < 2:
         raise ValueError(f"ED/ES need at least 2 frames, the stack has shape {list(reference.shape)}")
-    mid = segmenter.segment(reference[reference.shape[0] // 2], pixel_spacing_mm)
+    mid = case.segment(segmenter, reference[reference.shape[0] // 2])
     area = (mid == 1).sum(axis=(-2, -1))
     if not area.any():
         raise ValueError("no LV blood pool found in the mid-ventricular slice: cannot pick ED/ES frames")
@@ -246,9 +264,9 @@ def run_fidelity(
     result = FidelityResult()
     t_start = time.perf_counter()
     for case in cases:
-        ed_es = ed_es_from_mid_slice(segmenter, case.reference, case.pixel_spacing_mm) if frames == "ed-es" else None
+        ed_es = ed_es_from_mid_slice(segmenter, case) if frames == "ed-es" else None
         pick = slice(None) if ed_es is None else list(ed_es)
-        ref_labels = segmenter.segment(case.reference[:, pick], case.pixel_spacing_mm)
+        ref_labels = case.segment(segmenter, case.reference[:, pick])
         ref_bio = _biomarkers(ref_labels, case, ed_es)
         true_labels = None if case.labels is None else case.labels[:, pick]
         info: dict[str, Any] = {
@@ -279,7 +297,7 @@ def run_fidelity(
                         on_step(f"{case.name} {pattern} R={float(accel):g} {runner.name}")
                     images = runner(case.kspace, sampling, case.metadata)
                     magnitude = images.abs().numpy().astype(np.float32)
-                    labels = segmenter.segment(magnitude[:, pick], case.pixel_spacing_mm)
+                    labels = case.segment(segmenter, magnitude[:, pick])
                     bio = _biomarkers(labels, case, ed_es)
                     per_slice = [image_metrics(case.reference[s], magnitude[s]) for s in range(magnitude.shape[0])]
                     run = {
