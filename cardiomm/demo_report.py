@@ -17,24 +17,30 @@ from cardiomm.machine import machine_line  # noqa: E402
 
 
 def images_figure(result: FidelityResult, case: str, path: Path) -> Path:
-    """Mid slice at end-diastole: reference and each reconstruction with its segmentation, and |error| maps."""
+    """Mid slice at end-diastole and end-systole: reference and each reconstruction with its
+    segmentation, and the |error| maps at end-diastole."""
     strip = result.strips[case]
-    recons = list(strip["recons"].items())
+    recons = list(strip["recons"])
     vmax = float(np.percentile(strip["reference"], 99.5)) or 1.0
-    fig, axes = plt.subplots(2, len(recons) + 1, figsize=(3.2 * (len(recons) + 1), 6.4), squeeze=False)
-    rep.overlay(axes[0, 0], strip["reference"], strip["reference_labels"], "fully sampled reference", vmax)
-    axes[1, 0].imshow(strip["reference"], cmap="gray", vmin=0, vmax=vmax)
-    axes[1, 0].set_title("reference (no overlay)", fontsize=8)
-    for j, ((method, pattern, accel), (image, labels)) in enumerate(recons, start=1):
-        rep.overlay(axes[0, j], image, labels, f"{rep.METHOD_LABELS.get(method, method)}, {pattern} R={accel:g}", vmax)
-        axes[1, j].imshow(np.abs(image - strip["reference"]), cmap="inferno", vmin=0, vmax=0.25 * vmax)
-        axes[1, j].set_title("|error| x4", fontsize=8)
+    fig, axes = plt.subplots(3, len(recons) + 1, figsize=(3.2 * (len(recons) + 1), 9.6), squeeze=False)
+    for row, (suffix, phase, frame) in enumerate((("", "ED", strip["frame"]), ("_es", "ES", strip["es_frame"]))):
+        rep.overlay(axes[row, 0], strip["reference" + suffix], strip["reference_labels" + suffix],
+                    f"fully sampled reference, {phase} (frame {frame})", vmax)
+        for j, key in enumerate(recons, start=1):
+            method, pattern, accel = key
+            image, labels = strip["recons" + suffix][key]
+            rep.overlay(axes[row, j], image, labels, f"{rep.METHOD_LABELS.get(method, method)}, {pattern} R={accel:g}, {phase}", vmax)
+    axes[2, 0].imshow(strip["reference"], cmap="gray", vmin=0, vmax=vmax)
+    axes[2, 0].set_title("reference, ED (no overlay)", fontsize=8)
+    for j, key in enumerate(recons, start=1):
+        axes[2, j].imshow(np.abs(strip["recons"][key][0] - strip["reference"]), cmap="inferno", vmin=0, vmax=0.25 * vmax)
+        axes[2, j].set_title("|error| x4, ED", fontsize=8)
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"{case} (SIMULATED), slice {strip['slice']}, end-diastolic frame {strip['frame']}; "
+    fig.suptitle(f"{case} (SIMULATED), slice {strip['slice']}, end-diastole (top) and end-systole (middle); "
                  "red LV blood, green myocardium, blue RV", fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
     return rep.save_figure(fig, path)
 
 

@@ -247,6 +247,7 @@ def run_fidelity(
     """Undersample, reconstruct, segment and score every case at every (pattern, R) and method.
 
     ``result.strips`` keeps, per case, the mid slice at the reference's end-diastolic frame
+    (and, under ``*_es`` keys, at its end-systolic frame)
     of the reference and of every reconstruction (image and labels), for figures.
 
     Args:
@@ -286,9 +287,12 @@ def run_fidelity(
         result.cases.append(info)
         mid = case.reference.shape[0] // 2
         ed = int(ref_bio["ed_frame"]) if ref_bio.get("ed_frame") is not None else 0
-        ed_in_stack = ed if ed_es is None else 0
-        strip = result.strips.setdefault(case.name, {"reference": case.reference[mid, ed], "reference_labels": ref_labels[mid, ed_in_stack],
-                                                     "slice": mid, "frame": ed, "recons": {}})
+        es = int(ref_bio["es_frame"]) if ref_bio.get("es_frame") is not None else ed
+        ed_in_stack, es_in_stack = (ed, es) if ed_es is None else (0, 1)
+        strip = result.strips.setdefault(case.name, {
+            "reference": case.reference[mid, ed], "reference_labels": ref_labels[mid, ed_in_stack],
+            "reference_es": case.reference[mid, es], "reference_labels_es": ref_labels[mid, es_in_stack],
+            "slice": mid, "frame": ed, "es_frame": es, "recons": {}, "recons_es": {}})
         for pattern in patterns:
             for accel in accels:
                 sampling = make_mask(pattern, float(accel), tuple(case.kspace.shape[-3:]), seed=mask_seed)
@@ -327,5 +331,6 @@ def run_fidelity(
                     }
                     result.runs.append(run)
                     strip["recons"][(runner.name, pattern, float(accel))] = (magnitude[mid, ed], labels[mid, ed_in_stack])
+                    strip["recons_es"][(runner.name, pattern, float(accel))] = (magnitude[mid, es], labels[mid, es_in_stack])
     result.seconds_total = time.perf_counter() - t_start
     return result
