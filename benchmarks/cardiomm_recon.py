@@ -343,6 +343,42 @@ def targets(summary: list[dict[str, Any]], speed: list[dict[str, Any]]) -> dict[
     }
 
 
+def speed_lines(speed: list[dict[str, Any]]) -> list[str]:
+    """Markdown section of the speed rows (:func:`run_speed`)."""
+    lines = [
+        "## Speed (seconds per 2D+t slice)",
+        "",
+        "| method | device | threads | wall s / slice | CPU s / slice | peak extra memory (MiB) | PSNR (dB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in speed:
+        lines.append(f"| {LABELS[r['method']]} | {r['device']} | {r['threads']} | {r['seconds_per_slice']:.2f} | "
+                     f"{r['cpu_seconds_per_slice']:.2f} | {r['peak_memory_mib']:.0f} | {r['psnr_db']:.2f} |")
+    if speed:
+        lines += ["", f"Speed case: {speed[0]['data']}."]
+    return lines
+
+
+def speed_only(args: argparse.Namespace) -> int:
+    """``--stage speed``: time CardioMM and k-t SPARSE-SENSE alone; writes ``cardiomm_speed.{json,md}``."""
+    speed = run_speed(args, args.checkpoint)
+    t = targets([], speed)
+    report = {"benchmark": "CardioMM vs k-t SPARSE-SENSE speed (issue 4)", "speed": speed,
+              "cpu_2_threads_speedup_vs_kt_sparse": t["cpu_2_threads_speedup_vs_kt_sparse"],
+              "cpu_speedup_at_least_30x": t["cpu_speedup_at_least_30x"], "gpu_seconds_per_slice": t["gpu_seconds_per_slice"],
+              "machine": machine_info(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
+              "load_average": [round(x, 2) for x in os.getloadavg()], "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    lines = ["# CardioMM speed", "", *speed_lines(speed), "",
+             f"2-thread CPU speed-up over k-t SPARSE-SENSE: {t['cpu_2_threads_speedup_vs_kt_sparse']}x "
+             f"(target >= 30x: **{'met' if t['cpu_speedup_at_least_30x'] else 'not met'}**). "
+             f"Machine: {machine_line(report['machine'])}; load average {report['load_average']}."]
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(args.out / "cardiomm_speed.json", report)
+    write_text_atomic(args.out / "cardiomm_speed.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
 def figure(report: dict[str, Any], images: dict, references: dict, path: Path, grid_data: str, grid_pattern: str) -> None:
     import matplotlib
 
@@ -437,16 +473,8 @@ def markdown(report: dict[str, Any], png_name: str) -> str:
         f"**{'met' if t['cpu_speedup_at_least_30x'] else 'not met'}**).",
         f"- GPU: {'not measured (no GPU in this run)' if t['gpu_seconds_per_slice'] is None else str(t['gpu_seconds_per_slice']) + ' s / slice'}.",
         "",
-        "## Speed (seconds per 2D+t slice)",
-        "",
-        "| method | device | threads | wall s / slice | CPU s / slice | peak extra memory (MiB) | PSNR (dB) |",
-        "|---|---|---|---|---|---|---|",
+        *speed_lines(report["speed"]),
     ]
-    for r in report["speed"]:
-        lines.append(f"| {LABELS[r['method']]} | {r['device']} | {r['threads']} | {r['seconds_per_slice']:.2f} | "
-                     f"{r['cpu_seconds_per_slice']:.2f} | {r['peak_memory_mib']:.0f} | {r['psnr_db']:.2f} |")
-    if report["speed"]:
-        lines += ["", f"Speed case: {report['speed'][0]['data']}."]
     lines += [
         "",
         "## CardioMM vs the best spatio-temporal classical method, and the context ablation",
@@ -480,7 +508,8 @@ def markdown(report: dict[str, Any], png_name: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, default=None, help="default: the shipped checkpoint")
-    p.add_argument("--stage", choices=["all", "classical", "cardiomm"], default="all")
+    p.add_argument("--stage", choices=["all", "classical", "cardiomm", "speed"], default="all",
+                   help="speed: only the timing of CardioMM and k-t SPARSE-SENSE (cardiomm_speed.{json,md})")
     p.add_argument("--cache", type=Path, default=None, help="file of the classical results (written / reused)")
     p.add_argument("--accels", type=float, nargs="+", default=[4, 8, 12, 16, 20, 24])
     p.add_argument("--patterns", nargs="+", default=["uniform", "kt_gaussian", "kt_radial"])
@@ -509,6 +538,8 @@ def main(argv: list[str] | None = None) -> int:
         args.phantom_accels = [24]
         args.classical = ["zero-filled", "cg-sense"]
     torch.set_num_threads(args.threads)
+    if args.stage == "speed":
+        return speed_only(args)
     cases = datasets(args)
 
     if args.stage in ("all", "classical"):
