@@ -371,7 +371,8 @@ def speed_only(args: argparse.Namespace) -> int:
     lines = ["# CardioMM speed", "", *speed_lines(speed), "",
              f"2-thread CPU speed-up over k-t SPARSE-SENSE: {t['cpu_2_threads_speedup_vs_kt_sparse']}x "
              f"(target >= 30x: **{'met' if t['cpu_speedup_at_least_30x'] else 'not met'}**). "
-             f"Machine: {machine_line(report['machine'])}; load average {report['load_average']}."]
+             f"Machine: {machine_line(report['machine'])} (torch threads of each row: the table); "
+             f"load average after the run {report['load_average']}."]
     args.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out / "cardiomm_speed.json", report)
     write_text_atomic(args.out / "cardiomm_speed.md", "\n".join(lines) + "\n")
