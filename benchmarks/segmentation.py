@@ -202,6 +202,8 @@ def write_outputs(items: list[dict], ev: dict, summary: dict, weights_note: str,
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
 
+    from cardiomm.data.labels import LABEL_OVERLAY_RGBA
+
     table, ef = summary["table"], summary["lvef_scd0000301"]
     targets = {}
     ours = {(r["dataset"], r["class"]): r for r in table if r["method"] == "cardiomm_sam"}
@@ -263,7 +265,7 @@ def write_outputs(items: list[dict], ev: dict, summary: dict, weights_note: str,
     ax.set_ylabel("Dice")
     ax.legend(loc="lower left", fontsize=8)
     ax.set_title("Dice per class (dotted: ours after shift; dashed lines: targets 0.95 LV, 0.85 myo)", fontsize=9)
-    cmap = ListedColormap([(0, 0, 0, 0), (0.9, 0.2, 0.2, 0.5), (0.2, 0.8, 0.2, 0.5), (0.2, 0.4, 1.0, 0.5)])
+    cmap = ListedColormap(LABEL_OVERLAY_RGBA)
     ex = [it for it in items if it["dataset"] == "SCD0000301" and it["classes"] == [1, 2]][:2]
     ex += [it for it in items if it["dataset"] != "SCD0000301" and it["variant"] == "rotation"][:1]
     k = 0

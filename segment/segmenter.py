@@ -180,7 +180,7 @@ class CardiacSegmenter:
         top, left = geom.pad
         box = torch.tensor([[(x0 + left) * scale, (y0 + top) * scale, (x1 + left) * scale, (y1 + top) * scale]],
                            dtype=torch.float32, device=self.device)
-        emb = self.sam.image_encoder(grid[:, None].expand(-1, 3, -1, -1).to(self.device))
+        emb = self.encode(grid).embedding
         sparse, dense = self.sam.prompt_encoder(points=None, boxes=box[:, None, :], masks=None)
         logits, _ = self.sam.mask_decoder(image_embeddings=emb, image_pe=self.sam.prompt_encoder.get_dense_pe(),
                                           sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,

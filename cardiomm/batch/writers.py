@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import gzip
 import json
 import os
 import shutil
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from cardiomm.atomic import atomic_path, write_json_atomic
+from cardiomm.data.nifti import write_nifti_cine
 
 __all__ = [
     "OutputSet",
@@ -178,32 +178,11 @@ def write_nifti_magnitude(
     frame_seconds: float | None = None,
     description: str = "",
 ) -> None:
-    """Write a magnitude cine ``[slice, time, y, x]`` as NIfTI-1 with axes ``(x, y, slice, time)``.
-
-    Args:
-        path: ``.nii`` or ``.nii.gz`` file (written atomically).
-        magnitude: real ``[slice, time, y, x]``.
-        spacing_mm: ``(dy, dx, dz)``: row and column spacing and slice centre distance, in mm.
-        frame_seconds: time between frames in s (NIfTI ``pixdim[4]``), or None (1.0 written).
-        description: the NIfTI ``descrip`` field (at most 79 characters are kept).
-    The affine is ``diag(dx, dy, dz)`` (scanner orientation is not known from the raw data).
-    """
-    import nibabel as nib
-
-    dy, dx, dz = (float(v) for v in spacing_mm)
-    data = np.ascontiguousarray(np.transpose(np.asarray(magnitude, np.float32), (3, 2, 0, 1)))  # x, y, slice, time
-    affine = np.diag([dx, dy, dz, 1.0])
-    img = nib.Nifti1Image(data, affine)
-    img.header.set_zooms((dx, dy, dz, float(frame_seconds) if frame_seconds else 1.0))
-    img.header.set_xyzt_units("mm", "sec")
-    img.header.set_qform(affine, code=1)
-    img.header.set_sform(affine, code=1)
-    img.header["descrip"] = description.encode("ascii", errors="replace")[:79]
-    payload = img.to_bytes()  # single-file NIfTI-1 (header + data)
-    if str(path).endswith(".gz"):
-        payload = gzip.compress(payload, compresslevel=6)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(payload)
+    """Write a magnitude cine ``[slice, time, y, x]`` as float32 NIfTI-1 with axes ``(x, y, slice, time)``
+    (:func:`cardiomm.data.nifti.write_nifti_cine`; affine ``diag(dx, dy, dz)``, the scanner
+    orientation is not known from the raw data; ``spacing_mm`` = ``(dy, dx, dz)``)."""
+    write_nifti_cine(path, np.asarray(magnitude, np.float32), spacing_mm, frame_seconds=frame_seconds,
+                     description=description)
 
 
 def _display(magnitude: np.ndarray) -> np.ndarray:

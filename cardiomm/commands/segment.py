@@ -16,7 +16,6 @@ Segmentation: frozen LiteMedSAM encoder + the trained prompt-free cardiac decode
 from __future__ import annotations
 
 import argparse
-import gzip
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,22 +103,12 @@ def load_input(path: Path, group: str | None = None) -> CineInput:
 
 def write_labels_nifti(path: Path, labels: np.ndarray, pixel_spacing_mm: tuple[float, float],
                        slice_spacing_mm: float | None, affine: np.ndarray | None = None) -> Path:
-    """Labels ``[slice, frame, y, x]`` -> NIfTI ``[x, y, slice, frame]`` (uint8, zooms in mm), atomically."""
-    import nibabel as nib
+    """Labels ``[slice, frame, y, x]`` -> uint8 NIfTI ``[x, y, slice, frame]`` (zooms in mm), atomically."""
+    from cardiomm.data.nifti import write_nifti_cine
 
-    from cardiomm.atomic import atomic_path
-
-    data = np.transpose(labels.astype(np.uint8), (3, 2, 0, 1))
     dz = float(slice_spacing_mm) if slice_spacing_mm else 1.0
-    if affine is None:
-        affine = np.diag([pixel_spacing_mm[1], pixel_spacing_mm[0], dz, 1.0])
-    img = nib.Nifti1Image(data, affine)
-    img.header.set_zooms((pixel_spacing_mm[1], pixel_spacing_mm[0], dz, 1.0))
-    img.header.set_xyzt_units("mm")
-    raw = img.to_bytes()  # nibabel picks the format from the name; the temporary name is not .nii.gz
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(gzip.compress(raw, compresslevel=6) if str(path).endswith(".gz") else raw)
-    return path
+    return write_nifti_cine(path, labels.astype(np.uint8), (pixel_spacing_mm[0], pixel_spacing_mm[1], dz),
+                            affine=affine, description="cardiomm segment labels: 1 LV blood, 2 LV myo, 3 RV blood")
 
 
 def write_overlay_png(path: Path, images: np.ndarray, labels: np.ndarray, frames: list[int], title: str) -> Path:
@@ -131,9 +120,10 @@ def write_overlay_png(path: Path, images: np.ndarray, labels: np.ndarray, frames
     from matplotlib.colors import ListedColormap
 
     from cardiomm.atomic import atomic_path
+    from cardiomm.data.labels import LABEL_OVERLAY_RGBA
 
     s = images.shape[0] // 2
-    cmap = ListedColormap([(0, 0, 0, 0), (0.9, 0.2, 0.2, 0.45), (0.2, 0.8, 0.2, 0.45), (0.2, 0.4, 1.0, 0.45)])
+    cmap = ListedColormap(LABEL_OVERLAY_RGBA)
     fig, axes = plt.subplots(1, len(frames), figsize=(4 * len(frames), 4.2), squeeze=False)
     for ax, f in zip(axes[0], frames):
         ax.imshow(images[s, f], cmap="gray")

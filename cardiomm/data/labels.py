@@ -7,7 +7,7 @@ these before use.
 
 from __future__ import annotations
 
-__all__ = ["LABELS", "BACKGROUND", "LV_BLOOD", "LV_MYOCARDIUM", "RV_BLOOD", "LABEL_IGNORE"]
+__all__ = ["LABELS", "LABEL_OVERLAY_RGBA", "BACKGROUND", "LV_BLOOD", "LV_MYOCARDIUM", "RV_BLOOD", "LABEL_IGNORE"]
 
 BACKGROUND = 0
 LV_BLOOD = 1  # left-ventricular blood pool (inside the endocardium)
@@ -23,3 +23,9 @@ LABELS: dict[int, str] = {
     LV_MYOCARDIUM: "lv_myocardium",
     RV_BLOOD: "rv_blood",
 }
+
+#: Overlay colours (RGBA in [0, 1]) of labels 0 (transparent), 1 (red), 2 (green), 3 (blue), for
+#: ``matplotlib.colors.ListedColormap`` with ``vmin=0, vmax=3``.
+LABEL_OVERLAY_RGBA: tuple[tuple[float, float, float, float], ...] = (
+    (0.0, 0.0, 0.0, 0.0), (0.9, 0.2, 0.2, 0.45), (0.2, 0.8, 0.2, 0.45), (0.2, 0.4, 1.0, 0.45),
+)

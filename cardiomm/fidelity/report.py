@@ -21,11 +21,12 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
 from cardiomm.atomic import atomic_path  # noqa: E402
+from cardiomm.data.labels import LABEL_OVERLAY_RGBA  # noqa: E402
 from cardiomm.fidelity.methods import METHOD_LABELS  # noqa: E402
 from cardiomm.fidelity.runner import BIOMARKERS, FidelityResult  # noqa: E402
 
 #: Overlay colours of labels 1 (LV blood), 2 (LV myocardium), 3 (RV blood).
-LABEL_COLOURS = ListedColormap([(0, 0, 0, 0), (0.9, 0.2, 0.2, 0.45), (0.2, 0.8, 0.2, 0.45), (0.2, 0.4, 1.0, 0.45)])
+LABEL_COLOURS = ListedColormap(LABEL_OVERLAY_RGBA)
 
 BIOMARKER_LABELS = {
     "lvedv_ml": "LVEDV (mL)",
