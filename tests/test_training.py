@@ -187,6 +187,33 @@ def test_corrupted_and_foreign_checkpoints_raise_value_error(tmp_path: Path) -> 
         module.on_load_checkpoint({"cardiomm_architecture": "some-other-net-v9"})
 
 
+def test_init_weights_starts_fit_from_another_checkpoint_and_reports_what_it_copied(tmp_path: Path) -> None:
+    from cardiomm.training.checkpoint import load_matching_weights
+
+    torch.manual_seed(0)
+    source = CardioMMModule(**TINY_MODULE)
+    state = {f"model.{k}": v for k, v in source.model.state_dict().items()}
+    torch.save({"state_dict": state, "cardiomm_architecture": ARCHITECTURE, "cardiomm_model_kwargs": source.model_kwargs},
+               tmp_path / "source.ckpt")
+    # a network with a Walsh-started coil-map net: everything but the new gate comes from the file
+    target = CardioMMModule(**TINY_MODULE, sens_init="walsh", init_weights=str(tmp_path / "source.ckpt"))
+    before = {k: v.clone() for k, v in target.model.state_dict().items()}
+    target.setup("validate")  # only fit starts from init_weights (validate/predict keep their weights)
+    assert all(torch.equal(v, target.model.state_dict()[k]) for k, v in before.items())
+    target.setup("fit")
+    own = target.model.state_dict()
+    for k, v in source.model.state_dict().items():
+        torch.testing.assert_close(own[k], v)
+    assert float(own["sensitivity_net.gate"]) == 0.0
+    # wider denoisers: those tensors are reported and keep their own initialisation
+    wider = CardioMMNet(**{**TINY_MODULE, "channels": 6})
+    report = load_matching_weights(wider, tmp_path / "source.ckpt")
+    assert report["shape_mismatch"] and all(k.startswith("cascades.") for k in report["shape_mismatch"])
+    assert report["new"] == [] and any(k.startswith("sensitivity_net.") for k in report["loaded"])
+    with pytest.raises(FileNotFoundError):
+        load_matching_weights(wider, tmp_path / "missing.ckpt")
+
+
 def test_train_command_passes_everything_to_the_lightning_cli(monkeypatch: pytest.MonkeyPatch) -> None:
     from cardiomm.commands import train
 

@@ -85,6 +85,8 @@ class CardioMMNet(nn.Module):
             resolution on ``8`` channels per pixel; see :class:`~cardiomm.model.complex_unet.ComplexUNet`).
         virtual_coils: compress k-space with more coils than this to this many virtual coils
             (:func:`compress_coils`, PCA over the measured samples) before everything else; None = never.
+        sens_init: ``"calibration"`` (maps learned from calibration coil images) or ``"walsh"``
+            (Walsh maps plus a learned, gated correction); see :class:`SensitivityNet`.
         initial_kspace: starting point of the cascades: ``"zero-filled"`` (the measured k-space) or
             ``"view-sharing"`` (every unmeasured sample filled with the mean of that k-space location
             over the frames that measured it, the k-t "view sharing" composite; measured samples are
@@ -110,6 +112,7 @@ class CardioMMNet(nn.Module):
         pixel_unshuffle: int = 1,
         virtual_coils: int | None = None,
         initial_kspace: str = "zero-filled",
+        sens_init: str = "calibration",
     ) -> None:
         super().__init__()
         if initial_kspace not in ("zero-filled", "view-sharing"):
@@ -122,7 +125,7 @@ class CardioMMNet(nn.Module):
         self.virtual_coils = None if virtual_coils is None else int(virtual_coils)
         self.gradient_checkpointing = bool(gradient_checkpointing)
         self.context_encoder = ContextEncoder(context_dim, field_dropout=context_dropout)
-        self.sensitivity_net = SensitivityNet(sens_channels, sens_depth, context_dim, calib_max_size)
+        self.sensitivity_net = SensitivityNet(sens_channels, sens_depth, context_dim, calib_max_size, sens_init)
         self.cascades = nn.ModuleList(
             UnrolledCascade(
                 ComplexUNet(channels, depth, context_dim, temporal_kernel, conv_mode, channel_attention, pixel_unshuffle),

@@ -11,6 +11,13 @@
    context, refines the coil images.
 4. The result is normalised so that ``sum_c |S_c|^2 = 1`` at every pixel
    (:func:`recon.coil_simulation.normalize_maps`).
+
+With ``init="walsh"`` steps 1-3 are replaced by a classical start and a learned correction:
+the Walsh maps of the calibration k-space (:func:`recon.coil_sensitivity.estimate_sensitivities`,
+no background masking) plus ``gate * U-Net(Walsh maps)``, where the scalar ``gate`` starts at 0.
+Training therefore starts from maps that already explain the data (the plain learned maps of a
+short CPU training did not: a SENSE fit with them left 12-15 % of the measured k-space
+unexplained, against 7 % with Walsh maps) and only learns what improves the image.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import torch
 from torch import nn
 
 from cardiomm.model.complex_unet import ComplexUNet
-from recon.coil_sensitivity import calibration_kspace, fully_sampled_centre
+from recon.coil_sensitivity import calibration_kspace, estimate_sensitivities, fully_sampled_centre
 from recon.coil_simulation import normalize_maps
 from recon.conventions import ifft2c
 
@@ -29,6 +36,11 @@ from recon.conventions import ifft2c
 #: ``_FALLBACK_SIZE`` window on whatever was sampled.
 _MIN_CALIB_SIZE = 4
 _FALLBACK_SIZE = 16
+#: Background threshold of the Walsh start maps (0: no masking, dark tissue keeps its maps).
+WALSH_THRESHOLD = 0.0
+
+#: How the sensitivity network starts: from calibration coil images, or from Walsh maps.
+SENS_INITS: tuple[str, ...] = ("calibration", "walsh")
 
 
 def _hann_window(size: int, ny: int, nx: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -67,6 +79,38 @@ def low_resolution_coil_images(
     return torch.stack(images)
 
 
+def walsh_start_maps(
+    kspace: torch.Tensor, mask: torch.Tensor, acs: torch.Tensor | None, calib_max_size: int = 48
+) -> torch.Tensor:
+    """Walsh coil maps ``[batch, coil, 1, y, x]`` of every item, the start of ``init="walsh"``.
+
+    The calibration k-space is the frame average of the ACS samples when the item has a
+    calibration region of at least 4x4 samples, otherwise the time-averaged k-space (the k-t
+    convention at high R).  No background masking (threshold 0): dark tissue keeps its maps.
+
+    Raises:
+        ValueError: an item whose k-space has no fully sampled centre of at least 4x4 samples
+            even after time averaging (no calibration data at all).
+    """
+    maps = []
+    for b in range(kspace.shape[0]):
+        has_acs = acs is not None and bool(acs[b].any())
+        tries = ("acs", "time_average") if has_acs else ("time_average",)
+        for i, method in enumerate(tries):
+            try:
+                maps.append(
+                    estimate_sensitivities(
+                        kspace[b], mask[b], acs=acs[b] if has_acs else None,  # type: ignore[index]
+                        method="walsh", calib_size=calib_max_size, calib_method=method, threshold=WALSH_THRESHOLD,
+                    )
+                )
+                break
+            except ValueError as err:
+                if i == len(tries) - 1:
+                    raise ValueError(f"batch item {b}: cannot calibrate coil maps: {err}") from err
+    return torch.stack(maps)
+
+
 class SensitivityNet(nn.Module):
     """Undersampled k-space -> normalised coil maps ``[batch, coil, 1, y, x]``.
 
@@ -75,16 +119,30 @@ class SensitivityNet(nn.Module):
         depth: down-sampling steps of that U-Net.
         context_dim: size of the context vector (FiLM).
         calib_max_size: largest side of the centred calibration square (k-space samples).
+        init: ``"calibration"`` (the U-Net maps Hann-windowed calibration coil images to maps) or
+            ``"walsh"`` (Walsh maps plus a gated U-Net correction, the gate starting at 0).
     """
 
-    def __init__(self, channels: int = 8, depth: int = 3, context_dim: int = 32, calib_max_size: int = 48) -> None:
+    def __init__(
+        self,
+        channels: int = 8,
+        depth: int = 3,
+        context_dim: int = 32,
+        calib_max_size: int = 48,
+        init: str = "calibration",
+    ) -> None:
         super().__init__()
         if calib_max_size < _MIN_CALIB_SIZE:
             raise ValueError(f"calib_max_size must be >= {_MIN_CALIB_SIZE}, got {calib_max_size}")
+        if init not in SENS_INITS:
+            raise ValueError(f"unknown sensitivity init {init!r}; choose one of {SENS_INITS}")
         self.calib_max_size = int(calib_max_size)
+        self.init = init
         self.unet = ComplexUNet(
             channels=channels, depth=depth, context_dim=context_dim, temporal_kernel=1, channel_attention=False
         )
+        if init == "walsh":
+            self.gate = nn.Parameter(torch.zeros(()))
 
     def forward(
         self, kspace: torch.Tensor, mask: torch.Tensor, acs: torch.Tensor | None = None, c: torch.Tensor | None = None
@@ -92,8 +150,15 @@ class SensitivityNet(nn.Module):
         """Maps from ``kspace`` ``[batch, coil, time, ky, kx]``, ``mask``/``acs`` ``[batch, time, ky, kx]``."""
         batch, coils = kspace.shape[:2]
         with torch.autocast(device_type=kspace.device.type, enabled=False):
-            images = low_resolution_coil_images(kspace, mask, acs, self.calib_max_size)
+            if self.init == "walsh":
+                with torch.no_grad():
+                    start = walsh_start_maps(kspace, mask, acs, self.calib_max_size)
+                images = start[:, :, 0]
+            else:
+                images = low_resolution_coil_images(kspace, mask, acs, self.calib_max_size)
         per_coil = images.reshape(batch * coils, 1, *images.shape[-2:])  # coils as batch, one "frame"
         c_coil = None if c is None else c.repeat_interleave(coils, dim=0)
         refined = self.unet(per_coil, c_coil).reshape(batch, coils, 1, *images.shape[-2:])
+        if self.init == "walsh":
+            refined = start + self.gate * refined
         return normalize_maps(refined)

@@ -18,7 +18,7 @@ import torch
 
 from cardiomm.model import ARCHITECTURE, CardioMMNet
 
-__all__ = ["EXPORTED_KEYS", "export_checkpoint", "load_cardiomm_checkpoint", "read_checkpoint"]
+__all__ = ["EXPORTED_KEYS", "export_checkpoint", "load_cardiomm_checkpoint", "load_matching_weights", "read_checkpoint"]
 
 _MODEL_PREFIX = "model."
 
@@ -100,6 +100,34 @@ def load_cardiomm_checkpoint(
     if map_location is not None:
         model.to(map_location)
     return model.eval()
+
+
+def load_matching_weights(model: CardioMMNet, path: str | os.PathLike[str]) -> dict[str, list[str]]:
+    """Start ``model`` from the weights of another CardioMM checkpoint (fine-tuning).
+
+    Every tensor whose name and shape exist in both is copied; the others keep their
+    initialisation.  Used when a configuration adds parts to a trained network (e.g. a new
+    coil-map start) and training should not begin from scratch.
+
+    Returns:
+        ``{"loaded": [...], "new": [...], "shape_mismatch": [...], "unused": [...]}`` parameter names.
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`read_checkpoint`; also when not one tensor fits.
+    """
+    checkpoint = read_checkpoint(path)
+    source = {k[len(_MODEL_PREFIX) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(_MODEL_PREFIX)}
+    own = model.state_dict()
+    fits = {k: v for k, v in source.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    if not fits:
+        raise ValueError(f"checkpoint {path}: none of its weights fits this network")
+    model.load_state_dict(fits, strict=False)
+    return {
+        "loaded": sorted(fits),
+        "new": sorted(set(own) - set(source)),
+        "shape_mismatch": sorted(k for k in source if k in own and k not in fits),
+        "unused": sorted(set(source) - set(own)),
+    }
 
 
 def export_checkpoint(

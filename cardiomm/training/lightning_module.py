@@ -21,11 +21,13 @@ import math
 from typing import Any, Literal
 
 import lightning
+from lightning.pytorch.utilities import rank_zero_info
 import numpy as np
 import torch
 
 from cardiomm.model import ARCHITECTURE, CardioMMNet, SSIML1Loss
 from cardiomm.model.context import ContextBatch
+from cardiomm.training.checkpoint import load_matching_weights
 from recon.conventions import ifft2c, rss
 from recon.metrics import image_metrics
 
@@ -75,6 +77,10 @@ class CardioMMModule(lightning.LightningModule):
         pixel_unshuffle: space-to-depth factor of the denoisers (2 = U-Nets at half resolution; CPU configs).
         virtual_coils: PCA-compress k-space to at most this many coils first (None = keep all).
         initial_kspace: ``"zero-filled"`` or ``"view-sharing"`` start of the cascades (see CardioMMNet).
+        sens_init: ``"calibration"`` or ``"walsh"`` start of the coil-map network (see CardioMMNet).
+        init_weights: a CardioMM checkpoint to start ``fit`` from (fine-tuning): every weight whose
+            name and shape match is copied, the rest keep their initialisation; what was copied is
+            printed.  Ignored when ``fit`` resumes from ``--ckpt_path`` (that restores everything).
 
     Optimisation:
 
@@ -111,6 +117,8 @@ class CardioMMModule(lightning.LightningModule):
         pixel_unshuffle: int = 1,
         virtual_coils: int | None = None,
         initial_kspace: Literal["zero-filled", "view-sharing"] = "zero-filled",
+        sens_init: Literal["calibration", "walsh"] = "calibration",
+        init_weights: str | None = None,
         ssim_weight: float = 1.0,
         l1_weight: float = 0.1,
         lr: float = 3e-4,
@@ -130,8 +138,9 @@ class CardioMMModule(lightning.LightningModule):
             sens_depth=sens_depth, calib_max_size=calib_max_size, context_dim=context_dim,
             context_dropout=context_dropout, dc_mode=dc_mode, cg_iterations=cg_iterations,
             gradient_checkpointing=gradient_checkpointing, pixel_unshuffle=pixel_unshuffle,
-            virtual_coils=virtual_coils, initial_kspace=initial_kspace,
+            virtual_coils=virtual_coils, initial_kspace=initial_kspace, sens_init=sens_init,
         )
+        self.init_weights = init_weights
         self.model = CardioMMNet(**self.model_kwargs)
         self.loss_fn = SSIML1Loss(ssim_weight, l1_weight)
         if lr <= 0 or not 0 <= min_lr_ratio <= 1 or warmup_steps < 0:
@@ -141,6 +150,16 @@ class CardioMMModule(lightning.LightningModule):
             )
         #: The LightningCLI config (YAML text) this module was built from, stored in checkpoints.
         self.cli_config: str | None = None
+
+    def setup(self, stage: str) -> None:
+        """Before ``fit``: copy the weights of ``init_weights`` (a ``--ckpt_path`` restore comes later and wins)."""
+        if stage != "fit" or self.init_weights is None:
+            return
+        report = load_matching_weights(self.model, self.init_weights)
+        rank_zero_info(
+            f"init_weights {self.init_weights}: copied {len(report['loaded'])} tensors; "
+            f"new {report['new']}; shape mismatch {report['shape_mismatch']}; unused {report['unused']}"
+        )
 
     # ------------------------------------------------------------------ forward
 
