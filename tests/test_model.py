@@ -268,6 +268,30 @@ def test_bf16_autocast_keeps_physics_in_float32() -> None:
     assert (out - reference).abs().mean() < 0.1 * reference.abs().mean()
 
 
+def test_temporal_variation_error_sees_lost_motion_that_ssim_and_l1_barely_see() -> None:
+    from cardiomm.model.losses import temporal_variation_error
+
+    _, _, _, target = synthetic_case(frames=8)  # a disc whose radius changes over time
+    blurred = target.mean(dim=1, keepdim=True).expand_as(target)  # every frame = the mean frame
+    assert float(temporal_variation_error(target, target)[0]) == 0.0
+    assert float(temporal_variation_error(blurred, target)[0]) == pytest.approx(1.0)
+    assert float(temporal_variation_error(3 * target, 3 * target)[0]) == 0.0
+    # half the motion: half the error; a static intensity offset: no error
+    half = blurred + 0.5 * (target - blurred)
+    assert float(temporal_variation_error(half, target)[0]) == pytest.approx(0.5, abs=1e-5)
+    assert float(temporal_variation_error(target + 0.2, target)[0]) == pytest.approx(0.0, abs=1e-5)
+    # in the loss: only with a weight, and frames = 1 adds nothing
+    peak = target.amax()
+    plain, motion = SSIML1Loss(1.0, 0.1), SSIML1Loss(1.0, 0.1, temporal_weight=0.5)
+    assert float(motion(blurred, target, peak) - plain(blurred, target, peak)) == pytest.approx(0.5, abs=1e-4)
+    one = target[:, :1]
+    assert float(motion(one * 0.9, one, peak)) == pytest.approx(float(plain(one * 0.9, one, peak)))
+    with pytest.raises(ValueError, match="temporal_weight"):
+        SSIML1Loss(0.0, 0.0, temporal_weight=-1.0)
+    with pytest.raises(ValueError, match="equal shapes"):
+        temporal_variation_error(target, target[:, :2])
+
+
 def test_complex_unet_pads_and_crops_and_undoes_normalisation() -> None:
     torch.manual_seed(0)
     unet = ComplexUNet(channels=4, depth=2, context_dim=8).eval()

@@ -53,23 +53,52 @@ def ssim(
     return s.reshape(batch, -1).mean(dim=1)
 
 
+def temporal_variation_error(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Relative L1 error of the motion: ``sum|d(prediction) - d(target)| / sum|d(target)|`` per item.
+
+    ``d(x) = x - mean_t(x)`` is each frame minus the mean frame: zero for a static image, large
+    where the heart moves.  A reconstruction that blurs the motion towards the mean frame scores
+    near 1 however sharp its frames are, which SSIM and L1 over the whole image hardly see.
+
+    Args:
+        prediction, target: real ``[batch, time, y, x]`` magnitudes.
+
+    Returns:
+        ``[batch]``; 0 for items with one frame (no motion to keep).
+    """
+    if prediction.shape != target.shape or prediction.ndim != 4:
+        raise ValueError(
+            f"temporal_variation_error needs equal shapes [batch, time, y, x], got prediction "
+            f"{shape_str(prediction.shape)} and target {shape_str(target.shape)}"
+        )
+    x, y = prediction.float(), target.float()
+    dx, dy = x - x.mean(dim=1, keepdim=True), y - y.mean(dim=1, keepdim=True)
+    scale = dy.abs().sum(dim=(1, 2, 3)).clamp_min(torch.finfo(y.dtype).eps)
+    return (dx - dy).abs().sum(dim=(1, 2, 3)) / scale
+
+
 class SSIML1Loss(nn.Module):
-    """``ssim_weight * (1 - SSIM) + l1_weight * mean|prediction - target|``, averaged over the batch.
+    """``ssim_weight * (1 - SSIM) + l1_weight * mean|p - t| + temporal_weight * motion error``, batch mean.
 
     Args:
         ssim_weight: weight of the SSIM term (0 disables it).
         l1_weight: weight of the L1 term, in the units of the (normalised) images.
         window: SSIM window side (pixels, odd).
+        temporal_weight: weight of :func:`temporal_variation_error` (relative, unitless; 0 disables it).
     """
 
-    def __init__(self, ssim_weight: float = 1.0, l1_weight: float = 0.1, window: int = 7) -> None:
+    def __init__(
+        self, ssim_weight: float = 1.0, l1_weight: float = 0.1, window: int = 7, temporal_weight: float = 0.0
+    ) -> None:
         super().__init__()
-        if ssim_weight < 0 or l1_weight < 0 or ssim_weight + l1_weight == 0:
+        if ssim_weight < 0 or l1_weight < 0 or temporal_weight < 0 or ssim_weight + l1_weight + temporal_weight == 0:
             raise ValueError(
-                f"loss weights must be >= 0 and not both 0, got ssim_weight={ssim_weight}, l1_weight={l1_weight}"
+                f"loss weights must be >= 0 and not all 0, got ssim_weight={ssim_weight}, l1_weight={l1_weight}, "
+                f"temporal_weight={temporal_weight}"
             )
         self.ssim_weight = float(ssim_weight)
         self.l1_weight = float(l1_weight)
+        self.temporal_weight = float(temporal_weight)
         self.window = int(window)
 
     def forward(
@@ -81,4 +110,6 @@ class SSIML1Loss(nn.Module):
             loss = loss + self.ssim_weight * (1 - ssim(prediction, target, data_range, self.window)).mean()
         if self.l1_weight:
             loss = loss + self.l1_weight * F.l1_loss(prediction.float(), target.float())
+        if self.temporal_weight and prediction.ndim == 4 and prediction.shape[1] > 1:
+            loss = loss + self.temporal_weight * temporal_variation_error(prediction, target).mean()
         return loss

@@ -27,6 +27,7 @@ import torch
 
 from cardiomm.model import ARCHITECTURE, CardioMMNet, SSIML1Loss
 from cardiomm.model.context import ContextBatch
+from cardiomm.model.losses import temporal_variation_error
 from cardiomm.training.checkpoint import load_matching_weights
 from recon.conventions import ifft2c, rss
 from recon.metrics import image_metrics
@@ -87,6 +88,8 @@ class CardioMMModule(lightning.LightningModule):
     Args:
         ssim_weight: weight of ``1 - SSIM`` in the loss.
         l1_weight: weight of the L1 term (normalised image units).
+        temporal_weight: weight of the relative L1 error of the motion (every frame minus the mean
+            frame, :func:`cardiomm.model.losses.temporal_variation_error`); 0 = off.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         lr_schedule: ``"cosine"`` (per step, to ``min_lr_ratio * lr`` at the last step),
@@ -121,6 +124,7 @@ class CardioMMModule(lightning.LightningModule):
         init_weights: str | None = None,
         ssim_weight: float = 1.0,
         l1_weight: float = 0.1,
+        temporal_weight: float = 0.0,
         lr: float = 3e-4,
         weight_decay: float = 1e-4,
         lr_schedule: Literal["cosine", "step", "constant"] = "cosine",
@@ -142,7 +146,7 @@ class CardioMMModule(lightning.LightningModule):
         )
         self.init_weights = init_weights
         self.model = CardioMMNet(**self.model_kwargs)
-        self.loss_fn = SSIML1Loss(ssim_weight, l1_weight)
+        self.loss_fn = SSIML1Loss(ssim_weight, l1_weight, temporal_weight=temporal_weight)
         if lr <= 0 or not 0 <= min_lr_ratio <= 1 or warmup_steps < 0:
             raise ValueError(
                 f"need lr > 0, 0 <= min_lr_ratio <= 1 and warmup_steps >= 0; got lr={lr}, "
@@ -196,7 +200,8 @@ class CardioMMModule(lightning.LightningModule):
         for b in range(target.shape[0]):
             for prefix, rec in ((stage, magnitude[b]), (f"{stage}_zero_filled", zero_filled[b])):
                 m = image_metrics(target[b], rec.float())
-                for name, value in (("psnr", m.psnr_db), ("ssim", m.ssim), ("nmse", m.nmse)):
+                motion = float(temporal_variation_error(rec[None].float(), target[b][None].float())[0])
+                for name, value in (("psnr", m.psnr_db), ("ssim", m.ssim), ("nmse", m.nmse), ("motion_error", motion)):
                     key = f"{prefix}/{name}"
                     sums[key] = sums.get(key, 0.0) + (value if math.isfinite(value) else 100.0)
         n = target.shape[0]
