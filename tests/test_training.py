@@ -146,6 +146,14 @@ def test_cli_fit_with_tiny_config_writes_a_loadable_checkpoint(tmp_path: Path) -
     CardioMMModule.load_from_checkpoint(tmp_path / "shipped.ckpt", map_location="cpu", weights_only=True)
 
 
+def test_resuming_a_fit_ignores_init_weights(tmp_path: Path) -> None:
+    first = _fit_tiny(tmp_path / "a")
+    # the resume restores everything from --ckpt_path; a stale init_weights path must not matter
+    resumed = _fit_tiny(tmp_path / "b", f"--ckpt_path={first}", "--trainer.max_steps=3",
+                        f"--model.init_weights={tmp_path / 'deleted.ckpt'}")
+    assert read_checkpoint(resumed)["global_step"] == 3
+
+
 def test_config_with_an_unknown_key_fails_clearly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from cardiomm.training.cli import run_cli
 

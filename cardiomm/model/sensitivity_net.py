@@ -14,10 +14,11 @@
 
 With ``init="walsh"`` steps 1-3 are replaced by a classical start and a learned correction:
 the Walsh maps of the calibration k-space (:func:`recon.coil_sensitivity.estimate_sensitivities`,
-no background masking) plus ``gate * U-Net(Walsh maps)``, where the scalar ``gate`` starts at 0.
-Training therefore starts from maps that already explain the data (the plain learned maps of a
-short CPU training did not: a SENSE fit with them left 12-15 % of the measured k-space
-unexplained, against 7 % with Walsh maps) and only learns what improves the image.
+no background masking) plus ``gate * U-Net(Walsh maps)``, where the scalar ``gate`` starts at 0,
+so training starts from maps that explain the measured data (the learned maps of the shipped CPU
+checkpoint leave 12-15 % of it unexplained by a SENSE fit, Walsh maps 7 %).  Measured so far: put
+into weights trained with learned maps, they cost ~3 dB, and a short fine-tune did not recover it
+(``cardiomm/checkpoints/README.md``); training from scratch with them is untested.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from recon.conventions import ifft2c
 _MIN_CALIB_SIZE = 4
 _FALLBACK_SIZE = 16
 #: Background threshold of the Walsh start maps (0: no masking, dark tissue keeps its maps).
-WALSH_THRESHOLD = 0.0
+_WALSH_THRESHOLD = 0.0
 
 #: How the sensitivity network starts: from calibration coil images, or from Walsh maps.
 SENS_INITS: tuple[str, ...] = ("calibration", "walsh")
@@ -101,7 +102,7 @@ def walsh_start_maps(
                 maps.append(
                     estimate_sensitivities(
                         kspace[b], mask[b], acs=acs[b] if has_acs else None,  # type: ignore[index]
-                        method="walsh", calib_size=calib_max_size, calib_method=method, threshold=WALSH_THRESHOLD,
+                        method="walsh", calib_size=calib_max_size, calib_method=method, threshold=_WALSH_THRESHOLD,
                     )
                 )
                 break

@@ -159,6 +159,9 @@ class CardioMMModule(lightning.LightningModule):
         """Before ``fit``: copy the weights of ``init_weights`` (a ``--ckpt_path`` restore comes later and wins)."""
         if stage != "fit" or self.init_weights is None:
             return
+        if self._trainer is not None and self.trainer.ckpt_path:
+            rank_zero_info(f"init_weights {self.init_weights} not used: resuming from {self.trainer.ckpt_path}")
+            return
         report = load_matching_weights(self.model, self.init_weights)
         rank_zero_info(
             f"init_weights {self.init_weights}: copied {len(report['loaded'])} tensors; "
