@@ -17,8 +17,9 @@ the Walsh maps of the calibration k-space (:func:`recon.coil_sensitivity.estimat
 no background masking) plus ``gate * U-Net(Walsh maps)``, where the scalar ``gate`` starts at 0,
 so training starts from maps that explain the measured data (the learned maps of the shipped CPU
 checkpoint leave 12-15 % of it unexplained by a SENSE fit, Walsh maps 7 %).  Measured so far: put
-into weights trained with learned maps, they cost ~3 dB, and a short fine-tune did not recover it
-(``cardiomm/checkpoints/README.md``); training from scratch with them is untested.
+into weights trained with learned maps, they cost ~3 dB, a short fine-tune did not recover it, and
+the CPU configuration trained from scratch with them validated 2.9 dB below the same training with
+learned maps (``cardiomm/checkpoints/README.md``).  Kept as an option for larger (GPU) training.
 """
 
 from __future__ import annotations
