@@ -69,6 +69,11 @@ def read_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     return checkpoint
 
 
+def _network_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The :class:`CardioMMNet` weights of a Lightning checkpoint (the module's ``model.`` prefix removed)."""
+    return {k[len(_MODEL_PREFIX) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(_MODEL_PREFIX)}
+
+
 def load_cardiomm_checkpoint(
     path: str | os.PathLike[str], map_location: str | torch.device | None = "cpu"
 ) -> CardioMMNet:
@@ -92,7 +97,7 @@ def load_cardiomm_checkpoint(
         model = CardioMMNet(**kwargs)
     except (TypeError, ValueError) as err:
         raise ValueError(f"checkpoint {path}: cannot build the network from {kwargs}: {err}") from err
-    state = {k[len(_MODEL_PREFIX) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(_MODEL_PREFIX)}
+    state = _network_state(checkpoint)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
@@ -116,7 +121,7 @@ def load_matching_weights(model: CardioMMNet, path: str | os.PathLike[str]) -> d
         FileNotFoundError, ValueError: as :func:`read_checkpoint`; also when not one tensor fits.
     """
     checkpoint = read_checkpoint(path)
-    source = {k[len(_MODEL_PREFIX) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(_MODEL_PREFIX)}
+    source = _network_state(checkpoint)
     own = model.state_dict()
     fits = {k: v for k, v in source.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
     if not fits:

@@ -144,7 +144,6 @@ class CardioMMModule(lightning.LightningModule):
             gradient_checkpointing=gradient_checkpointing, pixel_unshuffle=pixel_unshuffle,
             virtual_coils=virtual_coils, initial_kspace=initial_kspace, sens_init=sens_init,
         )
-        self.init_weights = init_weights
         self.model = CardioMMNet(**self.model_kwargs)
         self.loss_fn = SSIML1Loss(ssim_weight, l1_weight, temporal_weight=temporal_weight)
         if lr <= 0 or not 0 <= min_lr_ratio <= 1 or warmup_steps < 0:
@@ -157,14 +156,15 @@ class CardioMMModule(lightning.LightningModule):
 
     def setup(self, stage: str) -> None:
         """Before ``fit``: copy the weights of ``init_weights`` (a ``--ckpt_path`` restore comes later and wins)."""
-        if stage != "fit" or self.init_weights is None:
+        init_weights = self.hparams.init_weights
+        if stage != "fit" or init_weights is None:
             return
         if self._trainer is not None and self.trainer.ckpt_path:
-            rank_zero_info(f"init_weights {self.init_weights} not used: resuming from {self.trainer.ckpt_path}")
+            rank_zero_info(f"init_weights {init_weights} not used: resuming from {self.trainer.ckpt_path}")
             return
-        report = load_matching_weights(self.model, self.init_weights)
+        report = load_matching_weights(self.model, init_weights)
         rank_zero_info(
-            f"init_weights {self.init_weights}: copied {len(report['loaded'])} tensors; "
+            f"init_weights {init_weights}: copied {len(report['loaded'])} tensors; "
             f"new {report['new']}; shape mismatch {report['shape_mismatch']}; unused {report['unused']}"
         )
 
