@@ -394,3 +394,83 @@ def test_cpu_options_pixel_unshuffle_and_virtual_coils() -> None:
         ComplexUNet(pixel_unshuffle=0)
     with pytest.raises(ValueError, match="virtual_coils"):
         CardioMMNet(**{**TINY, "virtual_coils": 0})
+
+
+def test_fused_norm_film_activation_equals_its_definition_with_gradients() -> None:
+    from cardiomm.model.film import FiLM
+    from cardiomm.model.unet2dt import instance_norm_film_leaky
+
+    torch.manual_seed(3)
+    film = FiLM(5, 4, init_scale=1.0)
+    torch.nn.init.normal_(film.linear.bias)
+    h = (torch.randn(2, 4, 3, 6, 7) * 3 + 5).requires_grad_()
+    c = torch.randn(2, 5)
+    norm = torch.nn.InstanceNorm3d(4)
+    expected = torch.nn.functional.leaky_relu(film(norm(h), c), 0.2)
+    channels_last = h.contiguous(memory_format=torch.channels_last_3d)
+    for x in (h, channels_last):
+        torch.testing.assert_close(instance_norm_film_leaky(x, film, c), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        instance_norm_film_leaky(h, film, None), torch.nn.functional.leaky_relu(norm(h), 0.2), atol=1e-5, rtol=1e-5
+    )
+    weights = torch.randn_like(expected)
+    grads = torch.autograd.grad((expected * weights).sum(), [h, *film.parameters()])
+    fused = torch.autograd.grad((instance_norm_film_leaky(h, film, c) * weights).sum(), [h, *film.parameters()])
+    for a, b in zip(fused, grads):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_complex_unet_blocks_are_pixel_unshuffle_of_real_and_imaginary_channels() -> None:
+    from recon.conventions import complex_to_channels
+
+    net = ComplexUNet(channels=4, depth=1, context_dim=3, pixel_unshuffle=2)
+    x = torch.randn(2, 3, 8, 12, dtype=torch.complex64)
+    with torch.no_grad():
+        blocks = net._to_blocks(x)
+    channels = complex_to_channels(x.unsqueeze(1), dim=1)  # [batch, 2, time, y, x]
+    frames = channels.transpose(1, 2).reshape(6, 2, 8, 12)
+    expected = torch.nn.functional.pixel_unshuffle(frames, 2).reshape(2, 3, 8, 4, 6).transpose(1, 2)
+    torch.testing.assert_close(blocks, expected, atol=0, rtol=0)
+    assert blocks.is_contiguous(memory_format=torch.channels_last_3d)
+    torch.testing.assert_close(net._from_blocks(blocks), x, atol=0, rtol=0)
+
+
+def test_coil_compression_over_the_measured_samples_equals_the_full_sum() -> None:
+    from cardiomm.model.cardiomm_net import compress_coils
+
+    kspace, mask, _, _ = synthetic_case(coils=6, ny=16, nx=15)
+    masks = mask.expand(kspace.shape[0], *mask.shape[-3:])
+    torch.testing.assert_close(compress_coils(kspace, 3, masks), compress_coils(kspace, 3), atol=1e-5, rtol=1e-4)
+
+
+def test_soft_data_consistency_is_the_documented_update() -> None:
+    torch.manual_seed(1)
+    cascade = UnrolledCascade(ComplexUNet(channels=4, depth=1, context_dim=3), dc_mode="soft", dc_weight_init=0.3)
+    k = torch.randn(1, 2, 3, 8, 8, dtype=torch.complex64, requires_grad=True)
+    y = torch.randn(1, 2, 3, 8, 8, dtype=torch.complex64) * (torch.rand(1, 1, 3, 8, 1) > 0.5)
+    mask = y[:, :1] != 0
+    sens = torch.randn(1, 2, 1, 8, 8, dtype=torch.complex64)
+    out = cascade(k, y, mask, sens)
+    prior = cascade.denoiser(reduce(k, sens))
+    expected = k - cascade.dc_weight * mask * (k - y) - expand(prior, sens)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    (out.abs().sum()).backward()
+    assert cascade.dc_weight.grad is not None and torch.isfinite(cascade.dc_weight.grad)
+    assert k.grad is not None and torch.isfinite(k.grad.real).all()
+
+
+@pytest.mark.parametrize("conv_mode, temporal_kernel, factor", [("2+1d", 3, 2), ("2+1d", 1, 1), ("3d", 3, 1)])
+def test_inference_layout_computes_the_same_function_as_the_training_layout(
+    conv_mode: str, temporal_kernel: int, factor: int
+) -> None:
+    torch.manual_seed(7)
+    net = ComplexUNet(channels=6, depth=2, context_dim=4, temporal_kernel=temporal_kernel, conv_mode=conv_mode,
+                      pixel_unshuffle=factor)
+    image = torch.randn(2, 5, 19, 22, dtype=torch.complex64) * 4 + 1j
+    c = torch.randn(2, 4)
+    with torch.enable_grad():
+        training = net(image, c)
+    with torch.no_grad():
+        inference = net(image, c)
+    assert training.requires_grad and not inference.requires_grad
+    torch.testing.assert_close(inference, training.detach(), atol=1e-4, rtol=1e-4)

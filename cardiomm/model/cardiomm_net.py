@@ -31,16 +31,27 @@ from recon.conventions import require_complex, shape_str
 ARCHITECTURE = "cardiomm-unrolled-2dt-v1"
 
 
-def compress_coils(kspace: torch.Tensor, n_virtual: int) -> torch.Tensor:
+def compress_coils(kspace: torch.Tensor, n_virtual: int, mask: torch.Tensor | None = None) -> torch.Tensor:
     """PCA coil compression: ``[batch, coil, time, ky, kx] -> [batch, n_virtual, time, ky, kx]``.
 
     The virtual coils are the ``n_virtual`` principal components of the coil covariance of the
-    (undersampled) k-space itself, ``sum_k y_c(k) conj(y_d(k))``; a unitary projection, so
-    sampled entries stay sampled (zeros stay zeros) and the SENSE model keeps its form.
+    measured k-space, ``sum_k y_c(k) conj(y_d(k))``; a unitary projection, so sampled entries stay
+    sampled (zeros stay zeros) and the SENSE model keeps its form.
+
+    Args:
+        kspace: complex ``[batch, coil, time, ky, kx]``, zero where not sampled.
+        n_virtual: number of virtual coils.
+        mask: optional bool ``[batch, time, ky, kx]`` of the measured samples. The covariance then
+            sums over those samples only (the same matrix when the others are zero, and at 8x
+            about 8 times less work); None sums over every entry.
     """
     b, coils = kspace.shape[:2]
     flat = kspace.reshape(b, coils, -1)
-    covariance = flat @ flat.conj().transpose(1, 2)  # [batch, coil, coil], Hermitian
+    if mask is None:
+        covariance = flat @ flat.conj().transpose(1, 2)  # [batch, coil, coil], Hermitian
+    else:
+        measured = [kspace[i][:, mask[i]] for i in range(b)]  # [coil, samples] each
+        covariance = torch.stack([m @ m.conj().T for m in measured])
     _, vectors = torch.linalg.eigh(covariance)  # ascending eigenvalues
     basis = vectors[..., -n_virtual:].flip(-1)  # [batch, coil, n_virtual], strongest first
     return (basis.conj().transpose(1, 2) @ flat).reshape(b, n_virtual, *kspace.shape[2:])
@@ -189,7 +200,7 @@ class CardioMMNet(nn.Module):
         kspace = kspace.to(torch.complex64)
         if self.virtual_coils is not None and kspace.shape[1] > self.virtual_coils:
             with torch.autocast(device_type=kspace.device.type, enabled=False):
-                kspace = compress_coils(kspace, self.virtual_coils)
+                kspace = compress_coils(kspace, self.virtual_coils, mask)
         c = self.context_encoder(context.to(kspace.device))
         sens = self.sensitivity_net(kspace, mask, acs, c)
         # the cascades work on k-space in FFT order (no shifts; see cardiomm.model.fft_layout)

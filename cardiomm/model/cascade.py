@@ -90,7 +90,9 @@ class UnrolledCascade(nn.Module):
         with torch.autocast(device_type=device_type, enabled=False):
             prior = prior.to(image.dtype)
             if self.dc_mode == "soft":
-                return k - self.dc_weight * torch.where(mask, k - y, 0) - expand(prior, sens)
+                # k - eta M (k - y): on measured samples k + eta (y - k), elsewhere k (one pass)
+                consistent = torch.where(mask, torch.lerp(k, y, self.dc_weight.to(k.dtype)), k)
+                return consistent.sub_(expand(prior, sens))
             lam = F.softplus(self.dc_weight)
             z = image - prior
             rhs = reduce(y, sens) + lam * z  # y is zero where not sampled: A^H y = S^H F^H y

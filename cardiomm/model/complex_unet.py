@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cardiomm.model.unet2dt import UNet2dt
-from recon.conventions import channels_to_complex, complex_to_channels, require_complex, shape_str
+from cardiomm.model.unet2dt import UNet2dt, inference_layout
+from recon.conventions import require_complex, shape_str
 
 
 def _padding(n: int, multiple: int) -> tuple[int, int]:
@@ -67,32 +67,40 @@ class ComplexUNet(nn.Module):
         if image.ndim != 4:
             raise ValueError(f"ComplexUNet input must be [batch, time, y, x], got shape {shape_str(image.shape)}")
         ny, nx = image.shape[-2:]
-        x = complex_to_channels(image.unsqueeze(1), dim=1).float()  # [batch, 2, time, y, x]
-        mean = x.mean(dim=(2, 3, 4), keepdim=True)
-        centred = x - mean
-        std = centred.pow(2).sum(dim=1, keepdim=True).mean(dim=(2, 3, 4), keepdim=True).sqrt()
+        image = image.to(torch.complex64)
+        # per item: complex mean, and the standard deviation of real and imaginary parts together
+        mean = image.mean(dim=(1, 2, 3), keepdim=True)
+        centred = image - mean
+        n = centred[0].numel()
+        std = torch.linalg.vector_norm(centred, dim=(1, 2, 3), keepdim=True) / n**0.5
         std = std.clamp_min(torch.finfo(std.dtype).eps)
         x = centred / std
         m = self.unet.size_multiple * self.factor
         (py0, py1), (px0, px1) = _padding(ny, m), _padding(nx, m)
-        x = F.pad(x, (px0, px1, py0, py1))
-        x = self._from_blocks(self.unet(self._to_blocks(x), c).float())
-        x = x[..., py0 : py0 + ny, px0 : px0 + nx]
-        x = x * std + mean
-        return channels_to_complex(x, dim=1).squeeze(1)
+        if py0 or py1 or px0 or px1:
+            x = torch.view_as_complex(F.pad(torch.view_as_real(x), (0, 0, px0, px1, py0, py1)))
+        z = self._from_blocks(self.unet(self._to_blocks(x), c).float())
+        z = z[..., py0 : py0 + ny, px0 : px0 + nx]
+        return torch.addcmul(mean, z, std)
 
     def _to_blocks(self, x: torch.Tensor) -> torch.Tensor:
-        """``[batch, c, time, y, x] -> [batch, c f^2, time, y/f, x/f]`` (identity for ``f = 1``)."""
-        if self.factor == 1:
-            return x
-        b, ch, t, ny, nx = x.shape
-        frames = F.pixel_unshuffle(x.transpose(1, 2).reshape(b * t, ch, ny, nx), self.factor)
-        return frames.reshape(b, t, -1, ny // self.factor, nx // self.factor).transpose(1, 2)
+        """Complex ``[batch, time, y, x]`` -> real ``[batch, 2 f^2, time, y/f, x/f]`` in channels-last 3D memory.
+
+        Channel ``k * f^2 + i * f + j`` holds part ``k`` (0 real, 1 imaginary) of pixel ``(i, j)``
+        of each ``f x f`` block: the channel order of ``torch.nn.functional.pixel_unshuffle`` on
+        ``[real, imaginary]`` channels, built with a single copy.
+        """
+        f = self.factor
+        b, t, ny, nx = x.shape
+        parts = torch.view_as_real(x).reshape(b, t, ny // f, f, nx // f, f, 2)
+        blocks = parts.permute(0, 1, 2, 4, 6, 3, 5).reshape(b, t, ny // f, nx // f, 2 * f * f)
+        blocks = blocks.permute(0, 4, 1, 2, 3)  # channels-last 3D memory, the U-Net's inference layout
+        return blocks if inference_layout() else blocks.contiguous()
 
     def _from_blocks(self, x: torch.Tensor) -> torch.Tensor:
-        """Inverse of :meth:`_to_blocks`."""
-        if self.factor == 1:
-            return x
-        b, ch, t, ny, nx = x.shape
-        frames = F.pixel_shuffle(x.transpose(1, 2).reshape(b * t, ch, ny, nx), self.factor)
-        return frames.reshape(b, t, -1, ny * self.factor, nx * self.factor).transpose(1, 2)
+        """Inverse of :meth:`_to_blocks`: real ``[batch, 2 f^2, time, y/f, x/f]`` -> complex ``[batch, time, y, x]``."""
+        f = self.factor
+        b, _, t, my, mx = x.shape
+        parts = x.permute(0, 2, 3, 4, 1).reshape(b, t, my, mx, 2, f, f)
+        pixels = parts.permute(0, 1, 2, 5, 3, 6, 4).reshape(b, t, my * f, mx * f, 2)
+        return torch.view_as_complex(pixels.contiguous())

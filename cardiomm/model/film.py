@@ -26,10 +26,17 @@ class FiLM(nn.Module):
             self.linear.weight.mul_(init_scale)
             self.linear.bias.zero_()
 
+    def coefficients(self, c: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(gamma, beta)``, each ``[batch, channels]``, for context ``c`` ``[batch, context_dim]``; ``(None, None)`` for ``c=None``."""
+        if c is None:
+            return None, None
+        gamma, beta = self.linear(c).chunk(2, dim=1)
+        return gamma, beta
+
     def forward(self, h: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
         """Modulate ``h`` ``[batch, channels, ...]`` by ``c`` ``[batch, context_dim]`` (``None``: identity)."""
-        if c is None:
+        gamma, beta = self.coefficients(c)
+        if gamma is None or beta is None:
             return h
-        gamma, beta = self.linear(c).to(h.dtype).chunk(2, dim=1)
         shape = (h.shape[0], self.channels) + (1,) * (h.ndim - 2)
-        return h * (1 + gamma.reshape(shape)) + beta.reshape(shape)
+        return h * (1 + gamma.to(h.dtype).reshape(shape)) + beta.to(h.dtype).reshape(shape)

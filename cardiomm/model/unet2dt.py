@@ -56,21 +56,82 @@ class SpatioTemporalConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[batch, in_channels, time, y, x] -> [batch, out_channels, time, y, x]``."""
+        fast = inference_layout()
+        if fast:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         if self.spatial.kernel_size[0] != 1:  # full 3D kernel
-            return self.spatial(x)
-        # The factorised convs are computed as 2D convolutions (frames folded into the batch for
-        # the spatial conv, pixels flattened for the temporal one), the same maths with the same
-        # weights: on CPU PyTorch runs such Conv3d calls through a slow reference kernel, while
-        # 2D convolutions use oneDNN and are ~5-10x faster.
-        b, _, t, ny, nx = x.shape
-        frames = x.transpose(1, 2).reshape(b * t, -1, ny, nx)
-        h = F.conv2d(frames, self.spatial.weight.squeeze(2), padding=1)
-        h = h.reshape(b, t, -1, ny, nx).transpose(1, 2)  # [batch, out, time, y, x]
+            return F.conv3d(x, self.spatial.weight, padding=self.spatial.padding) if fast else self.spatial(x)
+        # The spatial conv runs per frame as a 2D conv (frames folded into the batch): the same
+        # maths with the same weights, and on CPU oneDNN's 2D kernels are far faster than Conv3d.
+        h = _unframes(F.conv2d(_frames(x), self.spatial.weight.squeeze(2), padding=1), x.shape[0])
         if self.temporal is None:
-            return h.contiguous()
-        pixels = h.reshape(b, h.shape[1], t, ny * nx)
+            return h.contiguous(memory_format=torch.channels_last_3d if fast else torch.contiguous_format)
+        if fast:
+            return F.conv3d(h, self.temporal.weight, padding=self.temporal.padding)
+        # with autograd: the temporal conv as a 2D conv over [time, pixels]
+        b, ch, t, ny, nx = h.shape
+        pixels = h.reshape(b, ch, t, ny * nx)
         w = self.temporal.weight.squeeze(-1)  # [out, out, kt, 1]
         return F.conv2d(pixels, w, padding=(self.temporal.padding[0], 0)).reshape(b, -1, t, ny, nx)
+
+
+def inference_layout() -> bool:
+    """Whether the U-Net runs in its inference layout: channels-last 3D memory and fused kernels.
+
+    Without autograd, features are kept in channels-last 3D memory (``[batch, time, y, x,
+    channels]``), where oneDNN (CPU) and cuDNN run these convolutions on their fast paths (on 2
+    CPU cores a 1x3x3 conv of 20 frames of 128x128x12 features: ~9 ms instead of ~30 ms), and
+    instance norm, FiLM and LeakyReLU are one pass (:func:`instance_norm_film_leaky`).  With
+    autograd the default layout is kept: PyTorch's CPU backward of those paths is slower.  Both
+    layouts compute the same function (tested).
+    """
+    return not torch.is_grad_enabled()
+
+
+def _frames(x: torch.Tensor) -> torch.Tensor:
+    """``[batch, c, time, y, x] -> [batch * time, c, y, x]`` (a view for channels-last 3D memory)."""
+    b, ch, t, ny, nx = x.shape
+    return x.transpose(1, 2).reshape(b * t, ch, ny, nx)
+
+
+def _unframes(h: torch.Tensor, batch: int) -> torch.Tensor:
+    """Inverse of :func:`_frames`: ``[batch * time, c, y, x] -> [batch, c, time, y, x]`` (a view)."""
+    return h.reshape(batch, -1, *h.shape[1:]).transpose(1, 2)
+
+
+def instance_norm_film_leaky(
+    h: torch.Tensor, film: FiLM, c: torch.Tensor | None, eps: float = 1e-5, slope: float = 0.2
+) -> torch.Tensor:
+    """``LeakyReLU(FiLM(InstanceNorm(h), c))`` in one pass over ``h``.
+
+    The same maths as ``F.leaky_relu(film(nn.InstanceNorm3d(C)(h), c), slope)`` (biased variance,
+    no affine parameters of its own), but the normalisation and the modulation are folded into one
+    per-channel scale and shift, and the statistics (float32 whatever the input dtype) are read from
+    the channels-last memory directly.
+
+    Args:
+        h: features ``[batch, channels, time, y, x]``.
+        film: the :class:`FiLM` of this layer.
+        c: context ``[batch, dim]`` or None.
+
+    Returns:
+        features like ``h``.
+    """
+    b, ch = h.shape[:2]
+    values = h.float().permute(0, 2, 3, 4, 1).reshape(b, -1, ch)  # a view for channels-last memory
+    n = values.shape[1]
+    # sums over the pixels as a [1, n] x [n, channels] product: on CPU ~2x faster than
+    # reducing over the non-contiguous axis
+    weights = torch.full((b, 1, n), 1.0 / n, dtype=values.dtype, device=values.device)
+    mean = torch.bmm(weights, values).squeeze(1)  # [batch, channels]
+    mean_square = torch.bmm(weights, values * values).squeeze(1)
+    scale = torch.rsqrt((mean_square - mean.square()).clamp_min(0) + eps)  # [batch, channels]
+    gamma, beta = film.coefficients(c)
+    if gamma is not None:
+        scale = scale * (1 + gamma.float())
+    shift = -mean * scale if beta is None else beta.float() - mean * scale
+    scale, shift = (v.to(h.dtype).reshape(b, ch, 1, 1, 1) for v in (scale, shift))
+    return F.leaky_relu(torch.addcmul(shift, h, scale), slope)
 
 
 class SqueezeExcitation(nn.Module):
@@ -119,22 +180,32 @@ class ConvBlock(nn.Module):
                 SpatioTemporalConv(out_channels, out_channels, temporal_kernel, conv_mode),
             ]
         )
-        self.norms = nn.ModuleList(nn.InstanceNorm3d(out_channels) for _ in range(2))
         self.films = nn.ModuleList(FiLM(context_dim, out_channels) for _ in range(2))
         self.attention = SqueezeExcitation(out_channels) if channel_attention else nn.Identity()
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
-        for conv, norm, film in zip(self.convs, self.norms, self.films):
-            x = F.leaky_relu(film(norm(conv(x)), c), 0.2)
+        fast = inference_layout()
+        for conv, film in zip(self.convs, self.films):
+            h = conv(x)
+            x = instance_norm_film_leaky(h, film, c) if fast else F.leaky_relu(film(F.instance_norm(h), c), 0.2)
         return self.attention(x)
 
 
 def _upsample(layer: nn.ConvTranspose3d, x: torch.Tensor) -> torch.Tensor:
     """Apply a ``1 x 2 x 2`` stride-2 transposed conv to ``[batch, c, time, y, x]`` as a 2D one per frame (fast on CPU)."""
-    b, _, t, ny, nx = x.shape
-    frames = x.transpose(1, 2).reshape(b * t, -1, ny, nx)
-    up = F.conv_transpose2d(frames, layer.weight.squeeze(2), stride=2)
-    return up.reshape(b, t, -1, 2 * ny, 2 * nx).transpose(1, 2)
+    fast = inference_layout()
+    if fast:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    up = _unframes(F.conv_transpose2d(_frames(x), layer.weight.squeeze(2), stride=2), x.shape[0])
+    return up.contiguous(memory_format=torch.channels_last_3d if fast else torch.contiguous_format)
+
+
+def _downsample(x: torch.Tensor) -> torch.Tensor:
+    """2x2 average pooling of every frame of ``[batch, c, time, y, x]``."""
+    if not inference_layout():
+        return F.avg_pool3d(x, (1, 2, 2))
+    x = x.contiguous(memory_format=torch.channels_last_3d)
+    return _unframes(F.avg_pool2d(_frames(x), 2), x.shape[0]).contiguous(memory_format=torch.channels_last_3d)
 
 
 class UNet2dt(nn.Module):
@@ -199,7 +270,7 @@ class UNet2dt(nn.Module):
         for block in self.down:
             x = block(x, c)
             skips.append(x)
-            x = F.avg_pool3d(x, (1, 2, 2))
+            x = _downsample(x)
         x = self.bottleneck(x, c)
         for upsample, block, skip in zip(self.upsample, self.up, reversed(skips)):
             x = block(torch.cat([_upsample(upsample, x), skip], dim=1), c)
