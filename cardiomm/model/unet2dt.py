@@ -131,7 +131,8 @@ def instance_norm_film_leaky(
         scale = scale * (1 + gamma.float())
     shift = -mean * scale if beta is None else beta.float() - mean * scale
     scale, shift = (v.to(h.dtype).reshape(b, ch, 1, 1, 1) for v in (scale, shift))
-    return F.leaky_relu(torch.addcmul(shift, h, scale), slope)
+    out = torch.addcmul(shift, h, scale)
+    return F.leaky_relu_(out, slope)  # in place: addcmul's backward does not need its output
 
 
 class SqueezeExcitation(nn.Module):
