@@ -34,3 +34,12 @@ def test_network_accepts_view_sharing_and_rejects_unknown_start():
     assert out.shape == (1, 3, 16, 12) and torch.isfinite(out.abs()).all()
     with pytest.raises(ValueError, match="initial_kspace"):
         CardioMMNet(num_cascades=1, initial_kspace="magic")
+
+
+def test_view_sharing_accepts_a_mask_without_batch_and_coil_axes():
+    g = torch.Generator().manual_seed(1)
+    mask = torch.rand(4, 6, 5, generator=g) > 0.6  # [time, ky, kx]
+    y = torch.randn(2, 3, 4, 6, 5, dtype=torch.complex64, generator=g) * mask
+    torch.testing.assert_close(view_sharing(y, mask), view_sharing(y, mask[None, None]), atol=0, rtol=0)
+    per_coil = mask.expand(2, 3, 4, 6, 5)
+    torch.testing.assert_close(view_sharing(y, mask), view_sharing(y, per_coil), atol=0, rtol=0)

@@ -68,10 +68,10 @@ def view_sharing(kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         k-space of the same shape: measured samples unchanged; others the time average of that
         location's measured values (zero where no frame measured it).
     """
-    m = mask.expand(kspace.shape)
-    count = m.sum(dim=2, keepdim=True).clamp(min=1).to(kspace.real.dtype)
+    mask = mask.reshape((1,) * (kspace.ndim - mask.ndim) + tuple(mask.shape))  # time is axis 2
+    count = mask.sum(dim=2, keepdim=True).clamp(min=1).to(kspace.real.dtype)  # counted once, not per coil
     shared = kspace.sum(dim=2, keepdim=True) / count
-    return torch.where(m, kspace, shared.expand_as(kspace))
+    return torch.where(mask, kspace, shared)
 
 
 class CardioMMNet(nn.Module):

@@ -36,7 +36,7 @@ def _phase_ramp(ny: int, nx: int, device: torch.device) -> torch.Tensor:
 
 def to_fft_order(k: torch.Tensor) -> torch.Tensor:
     """Centred k-space ``[..., ky, kx]`` -> FFT-order k-space ``k~`` with ``ifft2(k~) = ifft2c(k)``."""
-    return torch.fft.ifftshift(k, dim=_DIMS) * _phase_ramp(k.shape[-2], k.shape[-1], k.device)
+    return torch.fft.ifftshift(k, dim=_DIMS).mul_(_phase_ramp(k.shape[-2], k.shape[-1], k.device))
 
 
 def from_fft_order(k: torch.Tensor) -> torch.Tensor:
