@@ -9,6 +9,10 @@ squeeze-excitation channel attention.  A conv is either factorised "(2+1)D" (a `
 spatial conv followed by a ``kt x 1 x 1`` temporal conv, Tran et al., CVPR 2018) or a full
 ``kt x k x k`` 3D conv, zero-padded in time and space; ``temporal_kernel=1`` gives a purely 2D
 network (used per frame / per coil map).
+
+Two memory layouts compute the same function (tested): with autograd, the default layout; without
+it (inference), channels-last 3D memory and fused normalisation (:func:`inference_layout`), which
+made the shipped model ~25 % faster on 2 CPU cores.
 """
 
 from __future__ import annotations
