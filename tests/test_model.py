@@ -474,3 +474,14 @@ def test_inference_layout_computes_the_same_function_as_the_training_layout(
         inference = net(image, c)
     assert training.requires_grad and not inference.requires_grad
     torch.testing.assert_close(inference, training.detach(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("by_matmul", [True, False])
+def test_channel_statistics_of_both_devices_paths(by_matmul: bool) -> None:
+    from cardiomm.model.unet2dt import channel_statistics
+
+    g = torch.Generator().manual_seed(2)
+    values = torch.randn(2, 5000, 3, generator=g) * torch.tensor([1.0, 3.0, 0.5]) + torch.tensor([4.0, -2.0, 0.0])
+    mean, variance = channel_statistics(values, by_matmul=by_matmul)
+    torch.testing.assert_close(mean, values.mean(dim=1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(variance, values.var(dim=1, unbiased=False), atol=1e-4, rtol=1e-4)
