@@ -62,13 +62,13 @@ class CardiacSegmenter:
     def __init__(self, sam: torch.nn.Module, decoder: CardiacDecoder, device: str | torch.device = "cpu",
                  batch_size: int | None = None, min_area_mm2: float = 15.0) -> None:
         self.device = torch.device(device)
-        self.sam = sam.to(self.device).eval()
-        self.encoder = FrozenImageEncoder(self.sam.image_encoder)
-        self.decoder = decoder.to(self.device).eval()
         if batch_size is None:
             batch_size = 1 if self.device.type == "cpu" else 16
         if isinstance(batch_size, bool) or int(batch_size) < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.sam = sam.to(self.device).eval()
+        self.encoder = FrozenImageEncoder(self.sam.image_encoder)
+        self.decoder = decoder.to(self.device).eval()
         self.batch_size = int(batch_size)
         self.min_area_mm2 = float(min_area_mm2)
 

@@ -319,3 +319,11 @@ def test_inference_encoder_with_folded_batch_norm_gives_the_pretrained_features(
     a, b = fast(images), reference(images)
     torch.testing.assert_close(a.embedding, b.embedding, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(a.stage1, b.stage1, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("bad", [0, -2, True])
+def test_segmenter_rejects_a_bad_batch_size(bad):
+    from segment.segmenter import CardiacSegmenter
+
+    with pytest.raises(ValueError, match="batch_size"):
+        CardiacSegmenter(sam=None, decoder=None, batch_size=bad)  # checked before anything is loaded
