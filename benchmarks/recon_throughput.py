@@ -40,6 +40,7 @@ from cardiomm.batch.prepare import Undersampling
 from cardiomm.data.phantom import make_phantom
 from cardiomm.data.simulate import simulate_kspace, write_simulated_scan
 from cardiomm.machine import machine_info, machine_line
+from cardiomm.allocator import tune_cpu_allocator
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHITECTURES = {"tiny": ROOT / "configs" / "tiny.yaml", "base": ROOT / "configs" / "base.yaml"}
@@ -161,6 +162,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def main() -> None:
+    tune_cpu_allocator()  # the same malloc settings as the cardiomm command, for every method timed
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--slices", type=int, default=4)

@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cardiomm.atomic import atomic_path, write_json_atomic, write_text_atomic  # noqa: E402
+from cardiomm.allocator import tune_cpu_allocator  # noqa: E402
 from segment.augment import Rigid2D, apply_rigid  # noqa: E402
 
 CACHE = ROOT / "build" / "segment_cache" / "bench"
@@ -284,6 +285,7 @@ def write_outputs(items: list[dict], ev: dict, summary: dict, weights_note: str,
 
 
 def main(argv: list[str] | None = None) -> int:
+    tune_cpu_allocator()  # the same malloc settings as the cardiomm command, for every method timed
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stage", choices=["features", "evaluate", "all"], default="all")
     p.add_argument("--weights", type=Path, default=None, help="decoder weights (default: the shipped ones)")

@@ -12,6 +12,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from cardiomm.allocator import tune_cpu_allocator
+
 #: Subcommand modules, in the order ``cardiomm --help`` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
     "cardiomm.commands.bench",
@@ -41,6 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    tune_cpu_allocator()  # long CPU jobs: no page faults on every large tensor (cardiomm.allocator)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

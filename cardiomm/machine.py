@@ -7,6 +7,8 @@ import platform
 
 import torch
 
+from cardiomm.allocator import allocator_tuned
+
 
 def machine_info(device: torch.device | str | None = None) -> dict[str, object]:
     """CPU, core count, torch version and (if used) the GPU name."""
@@ -17,6 +19,7 @@ def machine_info(device: torch.device | str | None = None) -> dict[str, object]:
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "torch": torch.__version__,
+        "malloc_tuned": allocator_tuned(),
     }
     dev = torch.device(device) if device is not None else torch.device("cpu")
     info["device"] = str(dev)
@@ -31,4 +34,5 @@ def machine_line(info: dict[str, object]) -> str:
     return (
         f"{info['cpu_cores']} CPU cores ({info['processor']}), torch {info['torch']} "
         f"with {info['torch_threads']} threads, device {info['device']}{gpu}"
+        + ("" if info.get("malloc_tuned") is None else f", glibc malloc tuned: {'yes' if info['malloc_tuned'] else 'no'}")
     )
