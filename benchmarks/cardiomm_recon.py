@@ -54,7 +54,7 @@ from recon.conventions import fft2c, ifft2c, rss
 from recon.masks import make_mask
 from recon.metrics import image_metrics
 from recon.pipeline import reconstruct
-from cardiomm.allocator import tune_cpu_allocator
+from cardiomm.allocator import release_free_memory, tune_cpu_allocator
 
 CLASSICAL = ["zero-filled", "cg-sense", "cs", "kt-sparse", "lps"]
 LEARNED = ["cardiomm", "cardiomm-unknown-context"]
@@ -116,7 +116,12 @@ class PeakMemory:
 
 
 def timed(fn: Any, device: torch.device) -> tuple[Any, float, float, float]:
-    """``fn()`` -> (result, wall seconds, process CPU seconds, peak extra memory MiB)."""
+    """``fn()`` -> (result, wall seconds, process CPU seconds, peak extra memory MiB).
+
+    Free memory kept by the tuned allocator (:mod:`cardiomm.allocator`) is returned to the system
+    first, so the peak is this call's own and every call starts as a fresh process would.
+    """
+    release_free_memory()
     with PeakMemory(device) as mem:
         if device.type == "cuda":
             torch.cuda.synchronize(device)

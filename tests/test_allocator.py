@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from cardiomm.allocator import ENV_SWITCH, allocator_tuned, tune_cpu_allocator
+from cardiomm.allocator import ENV_SWITCH, allocator_tuned, release_free_memory, tune_cpu_allocator
 from cardiomm.machine import machine_info, machine_line
 
 
@@ -25,6 +25,7 @@ def test_applied_on_linux_and_reported_with_the_machine(monkeypatch: pytest.Monk
     big = torch.ones(64, 1024, 1024)  # large tensors still allocate and free normally
     assert float(big.sum()) == 64 * 1024 * 1024
     del big
+    assert release_free_memory() is True
 
 
 def test_rejects_a_negative_threshold() -> None:
