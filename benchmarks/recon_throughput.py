@@ -153,9 +153,8 @@ def markdown(report: dict[str, Any]) -> str:
         o["label"] == r["label"] and o["batch_size"] == 1 and o["recon_slices_per_second"] > r["recon_slices_per_second"]
         for o in cpu)})
     if slower:
-        lines += ["", f"On CPU, several slices per call was slower than one for: {', '.join(slower)} (the batched "
-                  "arrays probably fit the caches less well; the cores were also shared); `cardiomm recon` therefore reconstructs one slice per call on "
-                  "CPU and 4 on CUDA unless `--batch-size` says otherwise."]
+        lines += ["", f"On CPU, several slices per call was slower than one for: {', '.join(slower)}. "
+                  "`cardiomm recon` reconstructs one slice per call on CPU and 4 on CUDA unless `--batch-size` says otherwise."]
     if report.get("not_measured"):
         lines += ["", "Not measured: " + "; ".join(report["not_measured"])]
     return "\n".join(lines) + "\n"

@@ -54,8 +54,10 @@ class CardiacSegmenter:
         sam: LiteMedSAM (:func:`segment.litemedsam.load_litemedsam`); its image encoder is frozen.
         decoder: trained :class:`segment.decoder.CardiacDecoder`.
         device: torch device for both.
-        batch_size: images per encoder call; None: 1 on CPU (measured on 2 cores: batches of 4-16
-            took 1.9-2.6 s per image, one image at a time 1.3-1.4 s), 16 on a GPU.
+        batch_size: images per encoder call; None: 1 on CPU, 16 on a GPU.  Measured on 2 cores with
+            the ``cardiomm`` command's malloc settings (:mod:`cardiomm.allocator`): 0.73-0.80 s per
+            image one at a time or in fours, 0.97-1.24 s in batches of 8-16; with glibc's defaults
+            1.3-1.4 s one at a time and 1.9-2.6 s in batches of 4-16.
         min_area_mm2: structures smaller than this (per class and image) are removed.
     """
 
