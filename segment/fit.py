@@ -54,7 +54,10 @@ def _batch(cache: dict[str, Any], idx: np.ndarray, corners: np.ndarray) -> tuple
 
 
 def fit(cfg: dict[str, Any]) -> Path:
-    """Train on every cache of the config (:func:`segment.train.cache_dirs`) and save ``cfg['output']`` (state dict + config + log)."""
+    """Train on every cache of the config (:func:`segment.train.cache_dirs`) and save ``cfg['output']`` (state dict + config + log).
+
+    ``train.init_weights`` (optional): decoder weights to start from (fine-tuning) instead of random ones.
+    """
     from segment.train import cache_dirs
 
     from rich.progress import Progress
@@ -64,6 +67,16 @@ def fit(cfg: dict[str, Any]) -> Path:
     n = len(cache["weights"])
     rng = np.random.default_rng(cfg["seed"])
     model = CardiacDecoder(**mcfg)
+    if tcfg.get("init_weights"):  # fine-tune: start from earlier decoder weights of the same shape
+        init_path = Path(tcfg["init_weights"])
+        if not init_path.is_file():
+            raise FileNotFoundError(f"train.init_weights: {init_path} not found")
+        try:
+            model.load_state_dict(torch.load(init_path, map_location="cpu", weights_only=False)["state_dict"])
+        except (RuntimeError, KeyError, TypeError) as err:
+            raise ValueError(f"train.init_weights: {init_path} is not CardiacDecoder weights for model {dict(mcfg)}: "
+                             f"{str(err).splitlines()[0]}") from None
+        print(f"started from {tcfg['init_weights']}", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
     bs = int(tcfg["batch_size"])
     steps = int(tcfg["epochs"]) * int(np.ceil(n / bs))
@@ -97,9 +110,12 @@ def fit(cfg: dict[str, Any]) -> Path:
             bar.console.print(json.dumps({k: round(v, 4) for k, v in entry.items()}))
     out_path = Path(cfg["output"])
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    zoom = cfg.get("zoom")
     payload = {"state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
                "model": dict(mcfg), "config": cfg, "log": log,
-               "train_seconds": time.perf_counter() - t0, "n_images": n}
+               "train_seconds": time.perf_counter() - t0, "n_images": n,
+               # how CardiacSegmenter.load_default runs these weights
+               "inference": {"zoom": {"side_range_mm": list(zoom["side_range_mm"]), "margin": float(zoom.get("margin", 1.5))}} if zoom else {}}
     tmp = out_path.with_suffix(".tmp")
     torch.save(payload, tmp)
     tmp.replace(out_path)

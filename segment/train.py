@@ -4,7 +4,9 @@
 
 ``cache`` builds the training samples (:mod:`segment.training_data`) and encodes them once
 with the frozen encoder, into ``cache_dir`` (phantom and Sunnybrook images) and, when the config
-has a ``reconstructions`` section, into its own ``cache_dir`` (reconstructed phantom slices); a
+has a ``reconstructions`` section, into its own ``cache_dir`` (reconstructed phantom slices); with
+a ``zoom`` section, heart-centred zooms of every image of those caches
+(:func:`segment.training_data.zoomed`, what the segmenter's second pass sees) go into a third.  A
 cache that is complete and was built from the same config section is kept.  ``fit`` trains :class:`segment.decoder.CardiacDecoder` on the cache
 with loss = Dice + CE + 0.5 x edge BCE (:mod:`segment.losses`) and writes the weights.
 """
@@ -36,10 +38,12 @@ def fingerprint(*parts: Any) -> str:
 
 
 def cache_dirs(cfg: dict[str, Any]) -> list[Path]:
-    """Every cache the config trains on: ``cache_dir``, then ``reconstructions.cache_dir`` if any."""
+    """Every cache the config trains on: ``cache_dir``, then ``reconstructions.cache_dir`` and ``zoom.cache_dir`` if any."""
     dirs = [Path(cfg["cache_dir"])]
     if cfg.get("reconstructions"):
         dirs.append(Path(cfg["reconstructions"]["cache_dir"]))
+    if cfg.get("zoom"):
+        dirs.append(Path(cfg["zoom"]["cache_dir"]))
     return dirs
 
 
@@ -55,6 +59,9 @@ def make_cache(cfg: dict[str, Any]) -> None:
         ckpt = hashlib.sha256(Path(DEFAULT_CHECKPOINT).read_bytes()).hexdigest()[:16]
         jobs.append((Path(cfg["reconstructions"]["cache_dir"]),
                      fingerprint(cfg["seed"], cfg["reconstructions"], cfg["augment"], ckpt), _reconstruction_samples))
+    if cfg.get("zoom"):  # made from the caches above, so it follows them
+        zoom_data = {k: v for k, v in cfg["zoom"].items() if k != "margin"}  # margin is for inference only
+        jobs.append((Path(cfg["zoom"]["cache_dir"]), fingerprint(cfg["seed"], zoom_data, [fp for _, fp, _ in jobs]), _zoom_samples))
     encoder = None
     for folder, fp, make_samples in jobs:
         if cache_is_complete(folder, fp):
@@ -81,6 +88,24 @@ def _reconstruction_samples(cfg: dict[str, Any]) -> list:
         n_frames=int(r["n_frames"]), n_coils=int(r["coils"]), snr_db=float(r["snr_db"]),
         augment_fraction=float(r["augment_fraction"])))
     return [samples[i] for i in rng.permutation(len(samples))]
+
+
+def _zoom_samples(cfg: dict[str, Any]) -> list:
+    """Heart-centred zooms of every sample already in the other caches (config section ``zoom``)."""
+    from segment.training_data import Sample, load_cache, zoomed
+
+    z = cfg["zoom"]
+    rng = np.random.default_rng([cfg["seed"], 2])
+    out = []
+    for folder in cache_dirs(cfg)[:-1]:
+        cache = load_cache(folder)
+        for i in range(len(cache["weights"])):
+            base = Sample(np.asarray(cache["image"][i], np.float32), np.asarray(cache["label"][i]), float(cache["weights"][i]),
+                          cache["sources"][i], float(cache["spacings_mm"][i]))
+            zs = zoomed(base, rng, tuple(z["side_range_mm"]), float(z["jitter_mm"]), float(z["min_margin"]))
+            if zs is not None:
+                out.append(zs)
+    return out
 
 
 def _image_samples(cfg: dict[str, Any]) -> list:

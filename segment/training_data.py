@@ -35,9 +35,9 @@ from scipy import ndimage
 
 from cardiomm.data.labels import LV_BLOOD, LV_MYOCARDIUM, RV_BLOOD
 from segment.augment import AugmentConfig, apply_rigid, random_intensity, random_rigid
-from segment.preprocess import GridGeometry, normalize_intensity, to_model_grid
+from segment.preprocess import MODEL_SIZE, GridGeometry, normalize_intensity, to_model_grid
 
-__all__ = ["IGNORE", "Sample", "phantom_samples", "reconstruction_samples", "sunnybrook_samples", "build_cache",
+__all__ = ["IGNORE", "Sample", "phantom_samples", "reconstruction_samples", "sunnybrook_samples", "zoomed", "build_cache",
            "cache_is_complete", "load_cache", "load_caches"]
 
 IGNORE = 255
@@ -51,6 +51,7 @@ class Sample:
     label: np.ndarray  # uint8 [256, 256], 255 = unknown
     weight: float
     source: str
+    spacing_mm: float = float("nan")  # pixel size of the model grid (mm), needed by :func:`zoomed`
 
 
 def _to_grid(image: np.ndarray, label: np.ndarray | None,
@@ -59,10 +60,44 @@ def _to_grid(image: np.ndarray, label: np.ndarray | None,
     img = to_model_grid(normalize_intensity(image)[None], geom)[0].numpy()
     if label is None:
         return img, None, geom
+    return img, _labels_on_grid(label, geom), geom
+
+
+def _grid_spacing(geom: GridGeometry, pixel_spacing_mm: tuple[float, float] | float) -> float:
+    ps = np.atleast_1d(np.asarray(pixel_spacing_mm, dtype=np.float64))
+    return float(ps.max()) * geom.side / MODEL_SIZE
+
+
+def _labels_on_grid(label: np.ndarray, geom: GridGeometry) -> np.ndarray:
+    """Label map -> model grid through one-hot maps (so classes keep their area; outside the image -> 0)."""
     onehot = np.stack([label == v for v in (0, 1, 2, 3, IGNORE)]).astype(np.float32)
     grid = to_model_grid(onehot, geom).numpy()
-    lab = np.array([0, 1, 2, 3, IGNORE], dtype=np.uint8)[grid.argmax(0)]
-    return img, lab, geom
+    return np.array([0, 1, 2, 3, IGNORE], dtype=np.uint8)[grid.argmax(0)]
+
+
+def zoomed(sample: Sample, rng: np.random.Generator, side_range_mm: tuple[float, float] = (140.0, 240.0),
+           jitter_mm: float = 15.0, min_margin: float = 1.15) -> Sample | None:
+    """A heart-centred zoom of a model-grid sample, as the segmenter's second pass sees the heart.
+
+    The window is a square of side uniform in ``side_range_mm`` (at least ``min_margin`` times the
+    heart's extent), centred on the centre of the labelled heart (LV, myocardium, RV) moved by up
+    to ``jitter_mm`` along each axis, and resized to the 256 model grid.
+
+    Returns:
+        The zoomed sample (``spacing_mm`` = its new grid pixel size), or None when the sample has
+        no heart label or no known grid spacing.
+    """
+    heart = (sample.label >= LV_BLOOD) & (sample.label <= RV_BLOOD)
+    if not heart.any() or not np.isfinite(sample.spacing_mm) or sample.spacing_mm <= 0:
+        return None
+    ys, xs = np.nonzero(heart)
+    extent_px = max(ys.max() - ys.min(), xs.max() - xs.min()) + 1
+    side_px = max(float(rng.uniform(*side_range_mm)) / sample.spacing_mm, min_margin * extent_px)
+    centre = np.array([ys.min() + ys.max(), xs.min() + xs.max()]) / 2 + rng.uniform(-jitter_mm, jitter_mm, 2) / sample.spacing_mm
+    geom = GridGeometry.window(sample.label.shape, (float(centre[0]), float(centre[1])), side_px)
+    image = to_model_grid(sample.image01[None].astype(np.float32), geom)[0].numpy()
+    return Sample(image, _labels_on_grid(sample.label, geom), sample.weight, f"{sample.source}:zoom",
+                  sample.spacing_mm * geom.side / MODEL_SIZE)
 
 
 def _augmented(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -83,10 +118,10 @@ def phantom_samples(
         s_f = [(s, f) for s in range(ph.labels.shape[0]) for f in range(ph.labels.shape[1]) if (ph.labels[s, f] == LV_BLOOD).any()]
         for k in rng.choice(len(s_f), size=min(per_seed, len(s_f)), replace=False):
             s, f = s_f[int(k)]
-            img, lab, _ = _to_grid(ph.images[s, f], ph.labels[s, f])
+            img, lab, geom = _to_grid(ph.images[s, f], ph.labels[s, f])
             if rng.random() < augment_fraction:
                 img, lab = _augmented(img, lab, rng, cfg)
-            yield Sample(img, lab, 1.0, f"phantom:{seed}:{s}:{f}")
+            yield Sample(img, lab, 1.0, f"phantom:{seed}:{s}:{f}", _grid_spacing(geom, ph.pixel_spacing_mm))
 
 
 def reconstruction_samples(
@@ -126,10 +161,11 @@ def reconstruction_samples(
         for runner in runners:
             magnitude = runner(kspace, sampling, acq.metadata)[0].abs().numpy()
             for f in (0, es):
-                img, lab, _ = _to_grid(magnitude[f], ph.labels[s, f], ph.pixel_spacing_mm)
+                img, lab, geom = _to_grid(magnitude[f], ph.labels[s, f], ph.pixel_spacing_mm)
                 if rng.random() < augment_fraction:
                     img, lab = _augmented(img, lab, rng, cfg)
-                yield Sample(img, lab, 1.0, f"recon:{runner.name}:{pattern}:R{sampling.r_effective:.1f}:{seed}:{s}:{f}")
+                yield Sample(img, lab, 1.0, f"recon:{runner.name}:{pattern}:R{sampling.r_effective:.1f}:{seed}:{s}:{f}",
+                             _grid_spacing(geom, ph.pixel_spacing_mm))
 
 
 def _sunnybrook_label(manual: np.ndarray, teacher: np.ndarray, has_epi: bool, spacing_mm: float, ring_mm: float) -> np.ndarray:
@@ -159,19 +195,20 @@ def sunnybrook_samples(
         for (s, f), lab in manual.items():
             t = teacher.segment(cine.images[s, f])
             full = _sunnybrook_label(lab, t, bool((lab == LV_MYOCARDIUM).any()), spacing, ring_mm)
-            img, glab, _ = _to_grid(cine.images[s, f], full)
-            yield Sample(img, glab, 1.0, f"sunnybrook:{pid}:{s}:{f}")
+            img, glab, geom = _to_grid(cine.images[s, f], full)
+            gs = _grid_spacing(geom, cine.pixel_spacing_mm)
+            yield Sample(img, glab, 1.0, f"sunnybrook:{pid}:{s}:{f}", gs)
             for _ in range(copies):
                 a, b = _augmented(img, glab, rng, cfg)
-                yield Sample(a, b, 1.0, f"sunnybrook_aug:{pid}:{s}:{f}")
+                yield Sample(a, b, 1.0, f"sunnybrook_aug:{pid}:{s}:{f}", gs)
         others = [(s, f) for s in range(cine.images.shape[0]) for f in range(cine.images.shape[1]) if (s, f) not in manual]
         for k in rng.choice(len(others), size=min(teacher_frames, len(others)), replace=False):
             s, f = others[int(k)]
             t = teacher.segment(cine.images[s, f])
-            img, glab, _ = _to_grid(cine.images[s, f], t)
+            img, glab, geom = _to_grid(cine.images[s, f], t)
             if rng.random() < 0.5:
                 img, glab = _augmented(img, glab, rng, cfg)
-            yield Sample(img, glab, teacher_weight, f"sunnybrook_teacher:{pid}:{s}:{f}")
+            yield Sample(img, glab, teacher_weight, f"sunnybrook_teacher:{pid}:{s}:{f}", _grid_spacing(geom, cine.pixel_spacing_mm))
 
 
 def cache_is_complete(folder: Path, fingerprint: str) -> bool:
@@ -203,6 +240,7 @@ def build_cache(samples: list[Sample], folder: Path, encoder: torch.nn.Module, b
     emb = np.lib.format.open_memmap(folder / "embedding.npy", mode="w+", dtype=np.float16, shape=(n, 256, 64, 64))
     st1 = np.lib.format.open_memmap(folder / "stage1.npy", mode="w+", dtype=np.float16, shape=(n, 128, 128, 128))
     meta = {"n": n, "n_encoded": 0, "weights": [s.weight for s in samples], "sources": [s.source for s in samples],
+            "spacings_mm": [s.spacing_mm for s in samples],
             "encoder_seconds_per_image": None, "fingerprint": fingerprint}
     t_total = 0.0
     with Progress(disable=not progress) as bar:
@@ -232,6 +270,7 @@ def load_cache(folder: Path) -> dict[str, np.ndarray | list]:
     out: dict[str, np.ndarray | list] = {k: np.load(folder / f"{k}.npy", mmap_mode="r")[:m] for k in ("embedding", "stage1", "image", "label")}
     out["weights"] = np.asarray(meta["weights"][:m], dtype=np.float32)
     out["sources"] = meta["sources"][:m]
+    out["spacings_mm"] = np.asarray(meta.get("spacings_mm", [float("nan")] * m)[:m], dtype=np.float64)
     return out
 
 

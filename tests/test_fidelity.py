@@ -118,8 +118,8 @@ def test_ed_es_mode_segments_two_frames_and_scores_at_reference_frames(case):
 
     result = run_fidelity([case], [identity_method()], Counting(), accels=[8], frames="ed-es")
     n_slices, n_frames = case.reference.shape[:2]
-    # mid slice over all frames, then all slices at ED and ES for the reference and the method
-    assert calls == [(n_frames, 64, 64), (n_slices, 2, 64, 64), (n_slices, 2, 64, 64)]
+    # mid slice over all frames (as a one-slice stack), then all slices at ED and ES for the reference and the method
+    assert calls == [(1, n_frames, 64, 64), (n_slices, 2, 64, 64), (n_slices, 2, 64, 64)]
     info = result.cases[0]
     ed, es = info["segmented_frames"]["ed"], info["segmented_frames"]["es"]
     run = result.runs[0]

@@ -201,6 +201,112 @@ def test_caches_are_kept_only_when_complete_and_built_from_the_same_config(tmp_p
     assert both["sources"] == ["x:0", "x:1", "x:2", "y:0", "y:1"]
 
 
+# ---- heart-centred window (second pass) -------------------------------------------------------
+@pytest.mark.parametrize("centre, side", [((150, 140), 256), ((10, 90), 64), ((60, 60), 40)])
+def test_window_geometry_crops_pads_and_puts_back(centre, side):
+    shape = (300, 300) if side == 256 else (100, 100)
+    image = np.random.default_rng(1).random(shape).astype(np.float32)
+    geom = GridGeometry.window(shape, centre, side)
+    assert geom.side == side
+    top, left = -geom.pad[0], -geom.pad[1]  # window corner in image pixels
+    assert abs(top + (side - 1) / 2 - centre[0]) <= 0.5 and abs(left + (side - 1) / 2 - centre[1]) <= 0.5
+    grid = to_model_grid(image[None], geom)
+    assert grid.shape == (1, MODEL_SIZE, MODEL_SIZE)
+    inside = np.zeros(shape, bool)
+    inside[max(top, 0): top + side, max(left, 0): left + side] = True
+    if side == MODEL_SIZE:  # no resize: the grid is the crop, and it goes back exactly
+        assert np.array_equal(grid[0].numpy(), image[top: top + side, left: left + side])
+    back = from_model_grid(torch.ones(1, 1, MODEL_SIZE, MODEL_SIZE), geom)[0, 0].numpy()
+    assert back.shape == shape
+    assert np.all(back[~inside] == 0) and np.allclose(back[inside][back[inside] > 0], 1, atol=1e-5)
+    assert (back > 0.5).sum() == pytest.approx(inside.sum(), rel=0.05)
+
+
+def test_zoomed_sample_centres_and_enlarges_the_heart():
+    from segment.training_data import Sample, zoomed
+
+    lab = np.zeros((256, 256), np.uint8)
+    lab[60:100, 150:190] = 1  # a 40-pixel "heart" off centre
+    img = (lab > 0).astype(np.float32) * 0.8 + 0.1
+    base = Sample(img, lab, 0.5, "x", spacing_mm=1.4)
+    z = zoomed(base, np.random.default_rng(0), side_range_mm=(140.0, 140.0), jitter_mm=0.0)
+    assert z is not None and z.weight == 0.5 and z.source == "x:zoom"
+    side_px = 140.0 / 1.4
+    assert z.spacing_mm == pytest.approx(1.4 * round(side_px) / MODEL_SIZE)
+    ys, xs = np.nonzero(z.label == 1)
+    assert abs(ys.mean() - 127.5) < 2 and abs(xs.mean() - 127.5) < 2  # centred
+    assert (z.label == 1).sum() == pytest.approx(40 * 40 * (MODEL_SIZE / round(side_px)) ** 2, rel=0.06)
+    assert set(np.unique(z.label)) <= {0, 1}
+    # the window is never tighter than min_margin x the heart
+    tight = zoomed(base, np.random.default_rng(0), side_range_mm=(10.0, 10.0), jitter_mm=0.0, min_margin=2.0)
+    assert tight.spacing_mm == pytest.approx(1.4 * 80 / MODEL_SIZE, rel=0.02)
+    assert zoomed(Sample(img, np.zeros_like(lab), 1.0, "empty", 1.4), np.random.default_rng(0)) is None
+    assert zoomed(Sample(img, lab, 1.0, "no spacing"), np.random.default_rng(0)) is None
+
+
+def test_heart_windows_follow_the_heart_and_share_one_side():
+    from segment.segmenter import CardiacSegmenter, ZoomSettings
+
+    seg = CardiacSegmenter.__new__(CardiacSegmenter)  # only the window logic: no networks needed
+    seg.zoom, seg.min_area_mm2 = ZoomSettings(side_range_mm=(50.0, 200.0), margin=1.5), 0.0
+    probs = torch.zeros(3, 4, 200, 220)
+    probs[:, 0] = 1
+    probs[0, :, 50:90, 60:100] = torch.tensor([0.0, 1, 0, 0])[:, None, None]    # 40 px heart
+    probs[2, :, 100:160, 120:180] = torch.tensor([0.0, 1, 0, 0])[:, None, None]  # 60 px heart
+    windows = seg.heart_windows(probs, (1.0, 1.0))
+    assert [w.side for w in windows] == [round(1.5 * 60)] * 3  # the largest heart sets the side
+    centre = lambda w: (-w.pad[0] + (w.side - 1) / 2, -w.pad[1] + (w.side - 1) / 2)  # noqa: E731
+    assert centre(windows[0]) == pytest.approx((69.5, 79.5), abs=0.6)
+    assert centre(windows[2]) == pytest.approx((129.5, 149.5), abs=0.6)
+    assert centre(windows[1]) == pytest.approx((99.5, 114.5), abs=0.6)  # no heart: median of the others
+    # clipped to the side range, in pixels of the given spacing
+    assert seg.heart_windows(probs, (0.5, 0.5))[0].side == 100  # 1.5 x 30 mm = 45 mm -> 50 mm = 100 px
+    assert seg.heart_windows(probs, (3.0, 3.0))[0].side == round(200 / 3)  # 270 mm -> 200 mm
+    probs[:, 0], probs[:, 1:] = 1, 0
+    assert seg.heart_windows(probs, (1.0, 1.0)) is None  # no heart anywhere
+    seg.zoom = None
+    assert seg.heart_windows(probs, (1.0, 1.0)) is None
+    with pytest.raises(ValueError, match="margin"):
+        ZoomSettings(margin=0.5)
+
+
+def test_zoom_cache_and_fine_tuning_from_earlier_weights(tmp_path: Path):
+    from segment.fit import fit
+    from segment.train import _zoom_samples, cache_dirs
+    from segment.training_data import Sample, build_cache
+
+    class FakeEncoder(torch.nn.Module):
+        def forward(self, x):
+            from segment.litemedsam import EncoderFeatures
+
+            n = x.shape[0]
+            return EncoderFeatures(torch.randn(n, 256, 64, 64), torch.randn(n, 128, 128, 128))
+
+    lab = np.zeros((256, 256), np.uint8)
+    lab[95:145, 105:155] = 2
+    lab[100:140, 110:150] = 1
+    img = np.where(lab == 1, 0.9, np.where(lab == 2, 0.3, 0.5)).astype(np.float32)
+    build_cache([Sample(img, lab, 1.0, f"s:{i}", 1.3) for i in range(2)], tmp_path / "a", FakeEncoder(),
+                progress=False, fingerprint="a")
+    train = {"epochs": 1, "batch_size": 2, "lr": 1e-3, "weight_decay": 1e-4, "edge_weight": 0.5, "prior_weight": 0.4}
+    cfg = {"seed": 0, "cache_dir": str(tmp_path / "a"), "output": str(tmp_path / "w.pt"),
+           "zoom": {"cache_dir": str(tmp_path / "z"), "side_range_mm": [140, 200], "jitter_mm": 10.0, "min_margin": 1.15, "margin": 1.4},
+           "model": {"width": 16, "prior_width": 16}, "train": train}
+    zs = _zoom_samples(cfg)
+    assert [z.source for z in zs] == ["s:0:zoom", "s:1:zoom"]
+    assert all(z.spacing_mm < 1.3 * 200 / 256 + 1e-6 for z in zs)  # zoomed in
+    build_cache(zs, tmp_path / "z", FakeEncoder(), progress=False, fingerprint="z")
+    assert cache_dirs(cfg) == [tmp_path / "a", tmp_path / "z"]
+    first = torch.load(fit(cfg), weights_only=False)
+    assert first["n_images"] == 4
+    assert first["inference"] == {"zoom": {"side_range_mm": [140, 200], "margin": 1.4}}  # how the segmenter runs them
+    # fine-tuning starts from the given weights: with a zero learning rate they come back unchanged
+    cfg2 = {**cfg, "output": str(tmp_path / "w2.pt"), "train": {**train, "lr": 0.0, "init_weights": str(tmp_path / "w.pt")}}
+    second = torch.load(fit(cfg2), weights_only=False)
+    for k, v in first["state_dict"].items():
+        assert torch.equal(second["state_dict"][k], v), k
+
+
 # ---- the shipped segmenter ------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def segmenter():
@@ -223,6 +329,27 @@ def test_shipped_weights_segment_an_unseen_phantom(segmenter, phantom):
     assert set(np.unique(labels)) <= {0, 1, 2, 3}
     assert dice(labels == 1, truth == 1) > PHANTOM_LV_DICE_MIN
     assert dice(labels == 2, truth == 2) > PHANTOM_MYO_DICE_MIN
+
+
+def test_second_pass_finds_the_heart_once_per_slice(segmenter, phantom):
+    from segment.segmenter import ZoomSettings
+
+    calls: list[int] = []
+    encode = segmenter.encode
+    segmenter.encode = lambda grid: (calls.append(len(grid)), encode(grid))[1]
+    segmenter.zoom = ZoomSettings()
+    try:
+        s = phantom.labels.shape[0] // 2
+        labels = segmenter.segment(phantom.images[s: s + 2, :2], pixel_spacing_mm=phantom.pixel_spacing_mm)
+        assert "heart-centred window" in segmenter.describe()
+    finally:
+        segmenter.zoom = None
+        del segmenter.encode
+    assert calls == [2, 4]  # first frame of each of the 2 slices, then all 4 images in their windows
+    assert labels.shape == (2, 2, *phantom.images.shape[-2:]) and labels.dtype == np.uint8
+    for i in range(2):
+        for f in range(2):
+            assert dice(labels[i, f] == 1, phantom.labels[s + i, f] == 1) > PHANTOM_LV_DICE_MIN
 
 
 def test_segmenter_rejects_bad_input(segmenter):

