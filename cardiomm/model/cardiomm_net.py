@@ -54,6 +54,10 @@ def compress_coils(kspace: torch.Tensor, n_virtual: int, mask: torch.Tensor | No
         covariance = torch.stack([m @ m.conj().T for m in measured])
     _, vectors = torch.linalg.eigh(covariance)  # ascending eigenvalues
     basis = vectors[..., -n_virtual:].flip(-1)  # [batch, coil, n_virtual], strongest first
+    # An eigenvector is defined up to a phase.  LAPACK returns it with a real first entry but either
+    # sign, and which sign depends on rounding (the order of the sums above, the thread count, the
+    # device); the network is not invariant to it, so fix it: the first entry is real and >= 0.
+    basis = basis * torch.where(basis[:, :1].real < 0, -1.0, 1.0).to(basis.dtype)
     return (basis.conj().transpose(1, 2) @ flat).reshape(b, n_virtual, *kspace.shape[2:])
 
 
