@@ -99,6 +99,9 @@ def _zoom_samples(cfg: dict[str, Any]) -> list:
     out = []
     for folder in cache_dirs(cfg)[:-1]:
         cache = load_cache(folder)
+        if not np.isfinite(cache["spacings_mm"]).any():
+            raise ValueError(f"{folder}: the cache does not record its grid spacings (built by an older version); "
+                             "delete it and run --stage cache again")
         for i in range(len(cache["weights"])):
             base = Sample(np.asarray(cache["image"][i], np.float32), np.asarray(cache["label"][i]), float(cache["weights"][i]),
                           cache["sources"][i], float(cache["spacings_mm"][i]))

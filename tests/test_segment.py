@@ -296,6 +296,9 @@ def test_zoom_cache_and_fine_tuning_from_earlier_weights(tmp_path: Path):
     assert [z.source for z in zs] == ["s:0:zoom", "s:1:zoom"]
     assert all(z.spacing_mm < 1.3 * 200 / 256 + 1e-6 for z in zs)  # zoomed in
     build_cache(zs, tmp_path / "z", FakeEncoder(), progress=False, fingerprint="z")
+    build_cache([Sample(img, lab, 1.0, "old")], tmp_path / "old", FakeEncoder(), progress=False, fingerprint="o")
+    with pytest.raises(ValueError, match="grid spacings"):  # a cache from before spacings were recorded
+        _zoom_samples({**cfg, "cache_dir": str(tmp_path / "old")})
     assert cache_dirs(cfg) == [tmp_path / "a", tmp_path / "z"]
     first = torch.load(fit(cfg), weights_only=False)
     assert first["n_images"] == 4
