@@ -104,6 +104,12 @@ class GridGeometry:
         left = int(round(float(centre_px[1]) - (side - 1) / 2))
         return cls(shape=(ny, nx), side=side, pad=(-top, -left))
 
+    @property
+    def covers_image(self) -> bool:
+        """True when the square holds the whole image (no part of it is cropped away)."""
+        top, left = self.pad
+        return top >= 0 and left >= 0 and self.side - self.shape[0] - top >= 0 and self.side - self.shape[1] - left >= 0
+
     def model_spacing_mm(self, pixel_spacing_mm: tuple[float, float]) -> tuple[float, float]:
         """Pixel size (mm) on the 256 grid for the original ``(row, col)`` spacing."""
         scale = self.side / MODEL_SIZE

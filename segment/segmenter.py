@@ -80,7 +80,8 @@ class ZoomSettings:
 def _on_image(grid_probs: torch.Tensor, geom: GridGeometry) -> torch.Tensor:
     """Model-grid probabilities ``[n, 4, 256, 256]`` -> the image's pixels; pixels outside a window are background."""
     probs = from_model_grid(grid_probs, geom)
-    probs[:, 0] += 1 - from_model_grid(torch.ones(1, 1, MODEL_SIZE, MODEL_SIZE), geom)[0, 0]
+    if not geom.covers_image:
+        probs[:, 0] += 1 - from_model_grid(torch.ones(1, 1, MODEL_SIZE, MODEL_SIZE), geom)[0, 0]
     return probs
 
 

@@ -216,6 +216,7 @@ def test_window_geometry_crops_pads_and_puts_back(centre, side):
     inside[max(top, 0): top + side, max(left, 0): left + side] = True
     if side == MODEL_SIZE:  # no resize: the grid is the crop, and it goes back exactly
         assert np.array_equal(grid[0].numpy(), image[top: top + side, left: left + side])
+    assert not geom.covers_image and GridGeometry.for_shape(shape).covers_image
     back = from_model_grid(torch.ones(1, 1, MODEL_SIZE, MODEL_SIZE), geom)[0, 0].numpy()
     assert back.shape == shape
     assert np.all(back[~inside] == 0) and np.allclose(back[inside][back[inside] > 0], 1, atol=1e-5)
