@@ -217,11 +217,12 @@ FAST = {
     "lps": {"max_iter": 5},
     "st-tv": {"max_iter": 5},
     "zero-filled": {},
+    "view-sharing": {},
 }
 
 
 def test_registry_names():
-    assert set(METHODS) == {"zero-filled", "cg-sense", "cs", "kt-sparse", "lps", "st-tv"}
+    assert set(METHODS) == {"zero-filled", "view-sharing", "cg-sense", "cs", "kt-sparse", "lps", "st-tv"}
 
 
 @pytest.mark.parametrize("name", sorted(FAST))

@@ -1,11 +1,14 @@
-"""The k-t view-sharing start of the CardioMM cascades."""
+"""k-t view sharing: the classical baseline and the start of the CardioMM cascades."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from cardiomm.model.cardiomm_net import CardioMMNet, view_sharing
+from cardiomm.model.cardiomm_net import CardioMMNet
+from recon.classical import METHODS, share_views
+from recon.classical.view_sharing import view_sharing
+from recon.conventions import ifft2c, rss
 
 
 def test_view_sharing_keeps_measured_and_averages_the_rest():
@@ -15,7 +18,7 @@ def test_view_sharing_keeps_measured_and_averages_the_rest():
     mask[0, 0, 0, 1] = mask[0, 0, 2, 1] = True  # line 1 measured in frames 0 and 2
     mask[0, 0, 3, 4] = True  # line 4 only in frame 3
     y = k * mask
-    out = view_sharing(y, mask)
+    out = share_views(y, mask)
     m = mask.expand(y.shape)
     assert torch.equal(out[m], y[m])  # measured samples untouched
     assert torch.allclose(out[:, :, 1, 1], 0.5 * (k[:, :, 0, 1] + k[:, :, 2, 1]))
@@ -40,6 +43,19 @@ def test_view_sharing_accepts_a_mask_without_batch_and_coil_axes():
     g = torch.Generator().manual_seed(1)
     mask = torch.rand(4, 6, 5, generator=g) > 0.6  # [time, ky, kx]
     y = torch.randn(2, 3, 4, 6, 5, dtype=torch.complex64, generator=g) * mask
-    torch.testing.assert_close(view_sharing(y, mask), view_sharing(y, mask[None, None]), atol=0, rtol=0)
+    torch.testing.assert_close(share_views(y, mask), share_views(y, mask[None, None]), atol=0, rtol=0)
     per_coil = mask.expand(2, 3, 4, 6, 5)
-    torch.testing.assert_close(view_sharing(y, mask), view_sharing(y, per_coil), atol=0, rtol=0)
+    torch.testing.assert_close(share_views(y, mask), share_views(y, per_coil), atol=0, rtol=0)
+
+
+def test_view_sharing_method_combines_the_shared_kspace():
+    g = torch.Generator().manual_seed(2)
+    mask = torch.rand(4, 8, 6, generator=g) > 0.5  # [time, ky, kx]
+    y = torch.randn(3, 4, 8, 6, dtype=torch.complex64, generator=g) * mask  # [coil, time, ky, kx]
+    torch.testing.assert_close(view_sharing(y, mask).abs(), rss(ifft2c(share_views(y, mask))))
+    sens = torch.randn(3, 1, 8, 6, dtype=torch.complex64, generator=g)
+    sens = sens / sens.abs().pow(2).sum(0, keepdim=True).sqrt()
+    combined = (sens.conj() * ifft2c(share_views(y, mask))).sum(0)
+    torch.testing.assert_close(METHODS["view-sharing"](y, mask, sens), combined)
+    full = torch.ones_like(mask)  # fully sampled: nothing to share
+    torch.testing.assert_close(share_views(y, full), y, atol=0, rtol=0)

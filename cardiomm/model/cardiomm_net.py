@@ -25,6 +25,7 @@ from cardiomm.model.complex_unet import ComplexUNet
 from cardiomm.model.context import ContextBatch, ContextEncoder
 from cardiomm.model.sensitivity_net import SensitivityNet
 from cardiomm.model.fft_layout import mask_to_fft_order, reduce, to_fft_order
+from recon.classical.view_sharing import share_views
 from recon.conventions import require_complex, shape_str
 
 #: Version string of this architecture, stored in checkpoints and checked when loading them.
@@ -59,23 +60,6 @@ def compress_coils(kspace: torch.Tensor, n_virtual: int, mask: torch.Tensor | No
     # device); the network is not invariant to it, so fix it: the first entry is real and >= 0.
     basis = basis * torch.where(basis[:, :1].real < 0, -1.0, 1.0).to(basis.dtype)
     return (basis.conj().transpose(1, 2) @ flat).reshape(b, n_virtual, *kspace.shape[2:])
-
-
-def view_sharing(kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Fill unmeasured samples with their mean over the frames that measured them.
-
-    Args:
-        kspace: ``[batch, coil, time, ky, kx]``, zero where not measured.
-        mask: bool, broadcastable to ``kspace``.
-
-    Returns:
-        k-space of the same shape: measured samples unchanged; others the time average of that
-        location's measured values (zero where no frame measured it).
-    """
-    mask = mask.reshape((1,) * (kspace.ndim - mask.ndim) + tuple(mask.shape))  # time is axis 2
-    count = mask.sum(dim=2, keepdim=True).clamp(min=1).to(kspace.real.dtype)  # counted once, not per coil
-    shared = kspace.sum(dim=2, keepdim=True) / count
-    return torch.where(mask, kspace, shared)
 
 
 class CardioMMNet(nn.Module):
@@ -210,7 +194,7 @@ class CardioMMNet(nn.Module):
         # the cascades work on k-space in FFT order (no shifts; see cardiomm.model.fft_layout)
         mask5 = mask_to_fft_order(mask).unsqueeze(1)  # [batch, 1, time, ky, kx] broadcasts over coils
         y = to_fft_order(kspace)
-        k = y if self.initial_kspace == "zero-filled" else view_sharing(y, mask5)
+        k = y if self.initial_kspace == "zero-filled" else share_views(y, mask5)
         checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for cascade in self.cascades:
             if checkpointing:

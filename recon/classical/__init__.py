@@ -9,6 +9,8 @@ a complex image ``[..., time, y, x]`` on k-space's device (see :mod:`recon.class
 name            function                                prior
 ==============  ======================================  =========================================
 zero-filled     :func:`zero_filled`                     none (adjoint ``A^H y``)
+view-sharing    :func:`view_sharing`                    none; unmeasured samples take their mean over
+                                                        the frames that measured them
 cg-sense        :func:`cg_sense`                        Tikhonov / early stopping, per frame
 cs              :func:`cs_wavelet`                      L1 wavelet, per frame (sigpy)
 kt-sparse       :func:`kt_sparse_sense`                 L1 in x-f (temporal Fourier)
@@ -58,11 +60,13 @@ from recon.classical.problem import IterationInfo, SenseProblem, data_scale, set
 from recon.classical.proximal import singular_value_threshold, soft_threshold
 from recon.classical.solvers import conjugate_gradient, fista
 from recon.classical.st_tv import st_tv
+from recon.classical.view_sharing import share_views, view_sharing
 from recon.classical.zero_filled import zero_filled
 
 #: Reconstruction methods by name: ``METHODS[name](kspace, mask, sens, **options)``.
 METHODS: dict[str, Callable[..., torch.Tensor]] = {
     "zero-filled": zero_filled,
+    "view-sharing": view_sharing,
     "cg-sense": cg_sense,
     "cs": cs_wavelet,
     "kt-sparse": kt_sparse_sense,
@@ -73,6 +77,7 @@ METHODS: dict[str, Callable[..., torch.Tensor]] = {
 #: Human-readable names of the methods, for figures and tables.
 METHOD_LABELS: dict[str, str] = {
     "zero-filled": "zero-filled",
+    "view-sharing": "k-t view sharing",
     "cg-sense": "CG-SENSE",
     "cs": "CS (L1-wavelet, per frame)",
     "kt-sparse": "k-t SPARSE-SENSE",
@@ -93,8 +98,10 @@ __all__ = [
     "kt_sparse_sense",
     "lowrank_plus_sparse",
     "setup_problem",
+    "share_views",
     "singular_value_threshold",
     "soft_threshold",
     "st_tv",
+    "view_sharing",
     "zero_filled",
 ]
