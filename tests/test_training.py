@@ -119,7 +119,7 @@ def test_cli_fit_with_tiny_config_writes_a_loadable_checkpoint(tmp_path: Path) -
     ckpt = _fit_tiny(tmp_path)
     metrics = next(tmp_path.rglob("metrics.csv")).read_text()
     header = metrics.splitlines()[0].split(",")
-    assert {"train/loss", "val/ssim", "val/psnr", "val/nmse", "val_zero_filled/psnr"} <= set(header)
+    assert {"train/loss", "val/ssim", "val/psnr", "val/nmse", "val_zero_filled/psnr", "val_view_sharing/psnr"} <= set(header)
     checkpoint = read_checkpoint(ckpt)
     assert checkpoint["cardiomm_architecture"] == ARCHITECTURE
     data = checkpoint["cardiomm_data"]

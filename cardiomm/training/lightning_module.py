@@ -29,6 +29,7 @@ from cardiomm.model import ARCHITECTURE, CardioMMNet, SSIML1Loss
 from cardiomm.model.context import ContextBatch
 from cardiomm.model.losses import temporal_variation_error
 from cardiomm.training.checkpoint import load_matching_weights
+from recon.classical.view_sharing import view_sharing
 from recon.conventions import ifft2c, rss
 from recon.metrics import image_metrics
 
@@ -195,13 +196,17 @@ class CardioMMModule(lightning.LightningModule):
         return self._evaluate(batch, batch_idx, "test")
 
     def _evaluate(self, batch: dict[str, Any], batch_idx: int, stage: str) -> torch.Tensor:
-        """Loss and image metrics of a batch, logged as ``<stage>/...`` and ``<stage>_zero_filled/...``."""
+        """Loss and image metrics of a batch, logged as ``<stage>/...`` and, for the two classical
+        inputs a network must beat, ``<stage>_zero_filled/...`` and ``<stage>_view_sharing/...``
+        (RSS of the k-t view-sharing composite, :func:`recon.classical.view_sharing.view_sharing`)."""
         loss, magnitude = self._loss(batch)
         target = batch["target"]
         zero_filled = rss(ifft2c(batch["kspace"]))
+        view_shared = view_sharing(batch["kspace"], batch["mask"]).abs()
         sums: dict[str, float] = {}
         for b in range(target.shape[0]):
-            for prefix, rec in ((stage, magnitude[b]), (f"{stage}_zero_filled", zero_filled[b])):
+            baselines = ((f"{stage}_zero_filled", zero_filled[b]), (f"{stage}_view_sharing", view_shared[b]))
+            for prefix, rec in ((stage, magnitude[b]), *baselines):
                 m = image_metrics(target[b], rec.float())
                 motion = float(temporal_variation_error(rec[None].float(), target[b][None].float())[0])
                 for name, value in (("psnr", m.psnr_db), ("ssim", m.ssim), ("nmse", m.nmse), ("motion_error", motion)):
