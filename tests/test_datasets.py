@@ -301,6 +301,31 @@ def test_grouped_sampler_keeps_sources_together():
     assert list(sampler) != order  # a new epoch, a new order
 
 
+def test_grouped_sampler_repeats_weight_sources():
+    ds = CineSliceDataset(["phantom:0-2?n_slices=2"], n_coils=NC)
+    sampler = SourceGroupedSampler(ds, seed=0, repeats=[3, 0, 1])
+    order = list(sampler)
+    assert len(order) == len(sampler) == 8
+    counts = [sum(ds.index[i][0] == src for i in order) for src in range(3)]
+    assert counts == [6, 0, 2]
+    with pytest.raises(ValueError, match="3 source specs"):
+        SourceGroupedSampler(ds, repeats=[1, 1])
+    with pytest.raises(ValueError, match="non-negative"):
+        SourceGroupedSampler(ds, repeats=[1, -1, 1])
+
+
+def test_datamodule_train_source_repeats_follow_the_expanded_specs():
+    dm = CineDataModule(
+        train_sources=[f"phantom:0-1?{OPTS}", f"phantom:7?{OPTS}"], train_source_repeats=[1, 4], n_coils=NC,
+    )
+    dm.setup("fit")
+    sampler = dm.train_dataloader().sampler
+    seeds = [dm.train_dataset.specs[dm.train_dataset.index[i][0]] for i in sampler]
+    assert sum("phantom:7" in s for s in seeds) == 4 * 6 and len(seeds) == 6 * 6
+    with pytest.raises(ValueError, match="one repeat count per source"):
+        CineDataModule(train_sources=[f"phantom:0?{OPTS}"], train_source_repeats=[1, 2])
+
+
 def test_datamodule_setup_and_batches():
     dm = CineDataModule(
         train_sources=[f"phantom:0-1?{OPTS}"],

@@ -27,6 +27,7 @@ import lightning
 from torch.utils.data import DataLoader
 
 from cardiomm.data.datasets import CineSliceDataset, SourceGroupedSampler, collate_cine
+from cardiomm.data.sources import expand_sources
 from recon.masks import PATTERNS
 
 __all__ = ["CineDataModule"]
@@ -39,6 +40,9 @@ class CineDataModule(lightning.LightningDataModule):
 
     Args:
         train_sources: source specs for training (see :mod:`cardiomm.data.sources`).
+        train_source_repeats: how often each entry of ``train_sources`` (with every scan it
+            expands to) appears per pass over the training data, e.g. ``[1, 8, 8]`` to give two
+            real patients the weight of 40 phantoms; None = once each.
         val_sources: source specs for validation (deterministic masks).
         test_sources: source specs for testing / prediction (deterministic masks).
         patterns: sampling patterns drawn per item (:data:`recon.masks.PATTERNS`).
@@ -62,6 +66,7 @@ class CineDataModule(lightning.LightningDataModule):
     def __init__(
         self,
         train_sources: list[str] | None = None,
+        train_source_repeats: list[int] | None = None,
         val_sources: list[str] | None = None,
         test_sources: list[str] | None = None,
         patterns: list[str] | None = None,
@@ -87,6 +92,12 @@ class CineDataModule(lightning.LightningDataModule):
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         self.save_hyperparameters()
         self.train_sources = list(train_sources or [])
+        if train_source_repeats is not None and len(train_source_repeats) != len(self.train_sources):
+            raise ValueError(
+                f"train_source_repeats has {len(train_source_repeats)} entries for {len(self.train_sources)} "
+                "train_sources; give one repeat count per source"
+            )
+        self.train_source_repeats = None if train_source_repeats is None else [int(r) for r in train_source_repeats]
         self.val_sources = list(val_sources or [])
         self.test_sources = list(test_sources or [])
         self.patterns = tuple(patterns) if patterns else PATTERNS
@@ -146,7 +157,11 @@ class CineDataModule(lightning.LightningDataModule):
     def _loader(self, dataset: CineSliceDataset | None, name: str, *, train: bool = False) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"CineDataModule: no {name} dataset; call setup() first (and give {name}_sources)")
-        sampler = SourceGroupedSampler(dataset, shuffle=train, seed=self.seed)
+        repeats = None
+        if train and self.train_source_repeats is not None:  # per expanded spec, in the dataset's order
+            repeats = [r for src, r in zip(self.train_sources, self.train_source_repeats)
+                       for _ in expand_sources([src])]
+        sampler = SourceGroupedSampler(dataset, shuffle=train, seed=self.seed, repeats=repeats)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,

@@ -263,10 +263,14 @@ class CineSliceDataset(Dataset):
 
     def slices_by_source(self) -> list[list[int]]:
         """Item indices grouped by source (``[source][k]``), for :class:`SourceGroupedSampler`."""
+        return [g for g in self.slices_by_spec() if g]
+
+    def slices_by_spec(self) -> list[list[int]]:
+        """Item indices of every spec in :attr:`specs` (``[spec][k]``; empty for a spec without slices)."""
         groups: list[list[int]] = [[] for _ in self.specs]
         for i, (src, _) in enumerate(self.index):
             groups[src].append(i)
-        return [g for g in groups if g]
+        return groups
 
     def _generator(self, index: int) -> np.random.Generator:
         """Deterministic: a function of ``(seed, index)``; training: of one draw of torch's global RNG."""
@@ -415,10 +419,31 @@ class SourceGroupedSampler(Sampler[int]):
 
     Every epoch (every ``__iter__``, or after :meth:`set_epoch`) draws a new order from
     ``(seed, epoch)``; with ``shuffle=False`` items come in dataset order.
+
+    Args:
+        dataset: the dataset whose items are ordered.
+        shuffle: draw a new order every epoch.
+        seed: seed of the orders.
+        repeats: how many times each spec of ``dataset.specs`` appears per epoch (None: once).
+            Each repeat is a separate group in the shuffled order, so a small real dataset can
+            be given the weight of a large simulated one without long runs of one scan.
     """
 
-    def __init__(self, dataset: CineSliceDataset, *, shuffle: bool = True, seed: int = 0) -> None:
-        self.groups = dataset.slices_by_source()
+    def __init__(
+        self, dataset: CineSliceDataset, *, shuffle: bool = True, seed: int = 0, repeats: Sequence[int] | None = None
+    ) -> None:
+        groups = dataset.slices_by_spec()
+        if repeats is None:
+            repeats = [1] * len(groups)
+        repeats = list(repeats)
+        if len(repeats) != len(groups):
+            raise ValueError(f"repeats has {len(repeats)} entries but the dataset has {len(groups)} source specs")
+        bad = [r for r in repeats if isinstance(r, bool) or int(r) != r or r < 0]
+        if bad:
+            raise ValueError(f"repeats must be non-negative integers, got {bad}")
+        self.groups = [g for g, r in zip(groups, repeats) for _ in range(int(r)) if g]
+        if not self.groups:
+            raise ValueError("SourceGroupedSampler: no items (every source has no slices or a repeat of 0)")
         self.shuffle = bool(shuffle)
         self.seed = int(seed)
         self.epoch = 0
