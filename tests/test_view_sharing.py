@@ -59,3 +59,21 @@ def test_view_sharing_method_combines_the_shared_kspace():
     torch.testing.assert_close(METHODS["view-sharing"](y, mask, sens), combined)
     full = torch.ones_like(mask)  # fully sampled: nothing to share
     torch.testing.assert_close(share_views(y, full), y, atol=0, rtol=0)
+
+
+def test_prior_gate_starts_the_network_at_its_view_sharing_input():
+    torch.manual_seed(0)
+    net = CardioMMNet(num_cascades=2, channels=4, depth=1, sens_channels=2, sens_depth=1, calib_max_size=8,
+                      context_dim=4, initial_kspace="view-sharing", prior_gate=True).eval()
+    mask = torch.zeros(1, 3, 16, 12, dtype=torch.bool)
+    mask[:, :, 6:10] = True
+    mask[:, 0, ::3] = True
+    mask[:, 1, 1::3] = True
+    y = torch.randn(1, 2, 3, 16, 12, dtype=torch.complex64) * mask[:, None]
+    with torch.no_grad():
+        image, sens = net(y, mask, return_sensitivities=True)
+        expected = (sens.conj() * ifft2c(share_views(y, mask))).sum(1)
+        torch.testing.assert_close(image, expected, atol=1e-5, rtol=1e-4)
+        for cascade in net.cascades:
+            cascade.prior_gate.fill_(0.5)
+        assert not torch.allclose(net(y, mask), expected, atol=1e-3)  # the gates let the denoisers act

@@ -90,6 +90,8 @@ class CardioMMNet(nn.Module):
             ``"view-sharing"`` (every unmeasured sample filled with the mean of that k-space location
             over the frames that measured it, the k-t "view sharing" composite; measured samples are
             kept). With k-t patterns the composite is far closer to the image than zero filling.
+        prior_gate: every cascade scales its denoiser output by a learned scalar that starts at 0
+            (see :class:`~cardiomm.model.cascade.UnrolledCascade`).
     """
 
     def __init__(
@@ -112,6 +114,7 @@ class CardioMMNet(nn.Module):
         virtual_coils: int | None = None,
         initial_kspace: str = "zero-filled",
         sens_init: str = "calibration",
+        prior_gate: bool = False,
     ) -> None:
         super().__init__()
         if initial_kspace not in ("zero-filled", "view-sharing"):
@@ -130,6 +133,7 @@ class CardioMMNet(nn.Module):
                 ComplexUNet(channels, depth, context_dim, temporal_kernel, conv_mode, channel_attention, pixel_unshuffle),
                 dc_mode=dc_mode,
                 cg_iterations=cg_iterations,
+                prior_gate=prior_gate,
             )
             for _ in range(num_cascades)
         )

@@ -15,7 +15,11 @@ proximal data consistency (``dc_mode="cg"``, MoDL style)::
     x = argmin_x ||A x - y||^2 + lam ||x - z||^2      (``cg_iterations`` CG steps)
     k <- F S x
 
-``eta`` and ``lam`` (kept positive through a softplus) are learned per cascade.  All the
+``eta`` and ``lam`` (kept positive through a softplus) are learned per cascade.  With
+``prior_gate=True`` the denoiser's output is scaled by a learned scalar ``g`` that starts at 0
+(ReZero): an untrained cascade is then exactly its data-consistency step, so a network
+fine-tuned this way starts from its input (e.g. the view-sharing composite) and only keeps the
+corrections that training finds useful.  All the
 physics runs in float32/complex64 with autocast disabled, on the device of the inputs; only
 the denoiser may run in reduced precision.  k-space is in FFT order
 (:mod:`cardiomm.model.fft_layout`): ``F`` is the plain orthonormal FFT, no shifts.
@@ -43,6 +47,7 @@ class UnrolledCascade(nn.Module):
             step solved by conjugate gradients with learned ``lam``).
         cg_iterations: CG steps of the proximal data consistency.
         dc_weight_init: initial ``eta`` (soft) or ``lam`` (cg).
+        prior_gate: scale the denoiser output by a learned scalar initialised to 0.
     """
 
     def __init__(
@@ -51,6 +56,7 @@ class UnrolledCascade(nn.Module):
         dc_mode: str = "soft",
         cg_iterations: int = 5,
         dc_weight_init: float = 1.0,
+        prior_gate: bool = False,
     ) -> None:
         super().__init__()
         if dc_mode not in DC_MODES:
@@ -64,10 +70,11 @@ class UnrolledCascade(nn.Module):
             self.dc_weight = nn.Parameter(torch.tensor(float(dc_weight_init)))
         else:  # lam = softplus(raw) > 0
             self.dc_weight = nn.Parameter(torch.log(torch.expm1(torch.tensor(float(dc_weight_init)))))
+        self.prior_gate = nn.Parameter(torch.zeros(())) if prior_gate else None
 
     def _denoise(self, image: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
-        out = self.denoiser(image, c)
-        return out.to(image.dtype)
+        out = self.denoiser(image, c).to(image.dtype)
+        return out if self.prior_gate is None else out * self.prior_gate
 
     def forward(
         self, k: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, sens: torch.Tensor, c: torch.Tensor | None = None

@@ -80,6 +80,7 @@ class CardioMMModule(lightning.LightningModule):
         virtual_coils: PCA-compress k-space to at most this many coils first (None = keep all).
         initial_kspace: ``"zero-filled"`` or ``"view-sharing"`` start of the cascades (see CardioMMNet).
         sens_init: ``"calibration"`` or ``"walsh"`` start of the coil-map network (see CardioMMNet).
+        prior_gate: zero-initialised learned scale of every cascade's denoiser output (see CardioMMNet).
         init_weights: a CardioMM checkpoint to start ``fit`` from (fine-tuning): every weight whose
             name and shape match is copied, the rest keep their initialisation; what was copied is
             printed.  Ignored when ``fit`` resumes from ``--ckpt_path`` (that restores everything).
@@ -122,6 +123,7 @@ class CardioMMModule(lightning.LightningModule):
         virtual_coils: int | None = None,
         initial_kspace: Literal["zero-filled", "view-sharing"] = "zero-filled",
         sens_init: Literal["calibration", "walsh"] = "calibration",
+        prior_gate: bool = False,
         init_weights: str | None = None,
         ssim_weight: float = 1.0,
         l1_weight: float = 0.1,
@@ -144,6 +146,7 @@ class CardioMMModule(lightning.LightningModule):
             context_dropout=context_dropout, dc_mode=dc_mode, cg_iterations=cg_iterations,
             gradient_checkpointing=gradient_checkpointing, pixel_unshuffle=pixel_unshuffle,
             virtual_coils=virtual_coils, initial_kspace=initial_kspace, sens_init=sens_init,
+            prior_gate=prior_gate,
         )
         self.model = CardioMMNet(**self.model_kwargs)
         self.loss_fn = SSIML1Loss(ssim_weight, l1_weight, temporal_weight=temporal_weight)
