@@ -137,3 +137,15 @@ def test_bad_inputs(case):
             make_method("zero-filled", "cuda")
     with pytest.raises(ValueError, match="slice, coil, time"):
         make_method("zero-filled", "cpu")(case.kspace[0], None)
+
+
+def test_methods_describe_themselves_and_name_the_exact_checkpoint():
+    import hashlib
+
+    from cardiomm.inference import DEFAULT_CHECKPOINT
+
+    shared = make_method("view-sharing", "cpu")
+    assert shared.description["method"] == "view-sharing" and "walsh" in shared.description["coil_maps"]
+    learned = make_method("cardiomm", "cpu").description
+    assert learned["checkpoint"] == str(DEFAULT_CHECKPOINT)
+    assert learned["checkpoint_sha256"] == hashlib.sha256(DEFAULT_CHECKPOINT.read_bytes()).hexdigest()

@@ -6,6 +6,7 @@ as ISMRMRD raw files with :func:`cardiomm.data.simulate.write_simulated_scan`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -236,6 +237,7 @@ def test_cardiomm_method_matches_the_inference_api(scans: Path, tmp_path: Path, 
     assert rc == 0
     (record,) = _summary(out)
     assert record["method"] == "cardiomm" and record["engine"]["checkpoint"] == str(tiny_checkpoint)
+    assert record["engine"]["checkpoint_sha256"] == hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()
     assert not (out / "scan1_cardiomm.png").exists()
 
     scan = read_ismrmrd_raw(scans / "scan1.h5")

@@ -15,6 +15,7 @@ slices at once (the classical solvers and the network both accept leading batch 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any, Protocol
 
@@ -93,6 +94,8 @@ class CardioMMEngine:
         self.reconstructor = load_reconstructor(checkpoint, device=str(device))
         self.device = torch.device(self.reconstructor.device)
         self.checkpoint = getattr(self.reconstructor, "checkpoint_path", checkpoint)
+        #: sha256 of the checkpoint file as loaded, so every result names the exact weights.
+        self.checkpoint_sha256 = None if self.checkpoint is None else file_sha256(self.checkpoint)
 
     def __call__(self, scan: PreparedScan, start: int, stop: int) -> torch.Tensor:
         acs = None if scan.acs is None else scan.acs[start:stop]
@@ -102,7 +105,17 @@ class CardioMMEngine:
         return torch.as_tensor(image).detach().to("cpu", torch.complex64)
 
     def describe(self) -> dict[str, Any]:
-        return {"method": "cardiomm", "checkpoint": None if self.checkpoint is None else os.fspath(self.checkpoint)}
+        return {"method": "cardiomm", "checkpoint": None if self.checkpoint is None else os.fspath(self.checkpoint),
+                "checkpoint_sha256": self.checkpoint_sha256}
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def make_engine(

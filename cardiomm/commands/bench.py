@@ -93,6 +93,7 @@ def run_fidelity_command(args: argparse.Namespace) -> int:
     report["failed_sources"] = failed
     report["machine"] = machine_info(methods[0].device)
     report["segmenter"] = describe_segmenter(segmenter)
+    report["methods"] = [m.description for m in methods]
     report["notes"] = ("Reference: RSS of the fully sampled k-space, segmented by the same segmenter. Sources marked "
                        "simulated are SIMULATED multi-coil acquisitions. Biomarker errors are method minus reference; "
                        "limits of agreement are bias -/+ 1.96 SD over cases.")
@@ -106,7 +107,10 @@ def run_fidelity_command(args: argparse.Namespace) -> int:
     data_lines = [f"- `{c['spec']}`: {'SIMULATED ' if c['simulated'] else ''}{c['source']}, k-space {c['shape_slice_coil_time_ky_kx']}"
                   for c in report["cases"]]
     md = "\n".join(["# Biomarker fidelity", "", *[f"![{p.stem}]({p.name})" for p in figures], "", "Data:", *data_lines, "",
-                    report["notes"], "", rep.markdown_table(header, rows), "",
+                    report["notes"], "", *[f"- `{d['method']}`: " + ", ".join(f"{k} `{v}`" for k, v in d.items()
+                                                                          if k != "method")
+                                            for d in report["methods"]], "",
+                    rep.markdown_table(header, rows), "",
                     f"Machine: {machine_line(report['machine'])}. Total {result.seconds_total:.0f} s."])
     write_text_atomic(out / "fidelity.md", md + "\n")
     sections = ["<p>Data:</p><ul>" + "".join(f"<li>{line[2:]}</li>" for line in data_lines) + "</ul>",

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -42,6 +43,8 @@ class MethodRunner:
     device: torch.device
     run_slices: Callable[[torch.Tensor, SamplingMask, ScanMetadata | None], torch.Tensor]
     seconds_per_slice: list[float] = field(default_factory=list)
+    #: what the method is (its engine's ``describe()``: parameters, coil maps, checkpoint and its sha256).
+    description: dict[str, Any] = field(default_factory=dict)
 
     def __call__(self, kspace: torch.Tensor, sampling: SamplingMask, metadata: ScanMetadata | None = None) -> torch.Tensor:
         if kspace.ndim != 5:
@@ -106,4 +109,4 @@ def make_method(
         parts = [engine(scan, i, min(i + batch_size, scan.n_slices)) for i in range(0, scan.n_slices, batch_size)]
         return torch.cat(parts)
 
-    return MethodRunner(name, engine.device, run)
+    return MethodRunner(name, engine.device, run, description=engine.describe())
