@@ -261,12 +261,9 @@ class CineSliceDataset(Dataset):
             self._cache.popitem(last=False)
         return opened
 
-    def slices_by_source(self) -> list[list[int]]:
-        """Item indices grouped by source (``[source][k]``), for :class:`SourceGroupedSampler`."""
-        return [g for g in self.slices_by_spec() if g]
-
     def slices_by_spec(self) -> list[list[int]]:
-        """Item indices of every spec in :attr:`specs` (``[spec][k]``; empty for a spec without slices)."""
+        """Item indices of every spec in :attr:`specs` (``[spec][k]``; empty for a spec without slices),
+        for :class:`SourceGroupedSampler`."""
         groups: list[list[int]] = [[] for _ in self.specs]
         for i, (src, _) in enumerate(self.index):
             groups[src].append(i)
