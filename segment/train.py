@@ -55,8 +55,9 @@ def make_cache(cfg: dict[str, Any]) -> None:
     jobs = [(Path(cfg["cache_dir"]), fingerprint(cfg["seed"], cfg["data"], cfg["augment"]), _image_samples)]
     if cfg.get("reconstructions"):
         from cardiomm.inference import DEFAULT_CHECKPOINT
+        from cardiomm.training.checkpoint import checkpoint_sha256
 
-        ckpt = hashlib.sha256(Path(DEFAULT_CHECKPOINT).read_bytes()).hexdigest()[:16]
+        ckpt = checkpoint_sha256(DEFAULT_CHECKPOINT)[:16]
         jobs.append((Path(cfg["reconstructions"]["cache_dir"]),
                      fingerprint(cfg["seed"], cfg["reconstructions"], cfg["augment"], ckpt), _reconstruction_samples))
     if cfg.get("zoom"):  # made from the caches above, so it follows them

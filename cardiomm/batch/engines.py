@@ -15,7 +15,6 @@ slices at once (the classical solvers and the network both accept leading batch 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Any, Protocol
 
@@ -90,12 +89,13 @@ class CardioMMEngine:
 
     def __init__(self, checkpoint: str | os.PathLike[str] | None, device: torch.device) -> None:
         from cardiomm.inference import load_reconstructor
+        from cardiomm.training.checkpoint import checkpoint_sha256
 
         self.reconstructor = load_reconstructor(checkpoint, device=str(device))
         self.device = torch.device(self.reconstructor.device)
         self.checkpoint = getattr(self.reconstructor, "checkpoint_path", checkpoint)
         #: sha256 of the checkpoint file as loaded, so every result names the exact weights.
-        self.checkpoint_sha256 = None if self.checkpoint is None else file_sha256(self.checkpoint)
+        self.checkpoint_sha256 = None if self.checkpoint is None else checkpoint_sha256(self.checkpoint)
 
     def __call__(self, scan: PreparedScan, start: int, stop: int) -> torch.Tensor:
         acs = None if scan.acs is None else scan.acs[start:stop]
@@ -107,15 +107,6 @@ class CardioMMEngine:
     def describe(self) -> dict[str, Any]:
         return {"method": "cardiomm", "checkpoint": None if self.checkpoint is None else os.fspath(self.checkpoint),
                 "checkpoint_sha256": self.checkpoint_sha256}
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def make_engine(
