@@ -23,7 +23,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["MIN_FOV_MM", "MODEL_SIZE", "GridGeometry", "normalize_intensity", "to_model_grid", "from_model_grid"]
+from cardiomm.data.labels import LV_BLOOD, RV_BLOOD
+
+__all__ = [
+    "MIN_FOV_MM", "MODEL_SIZE", "GridGeometry", "heart_box", "normalize_intensity", "to_model_grid", "from_model_grid",
+]
 
 #: side of the square model grid in pixels (LiteMedSAM input size)
 MODEL_SIZE = 256
@@ -114,6 +118,20 @@ class GridGeometry:
         """Pixel size (mm) on the 256 grid for the original ``(row, col)`` spacing."""
         scale = self.side / MODEL_SIZE
         return (float(pixel_spacing_mm[0]) * scale, float(pixel_spacing_mm[1]) * scale)
+
+
+def heart_box(labels: np.ndarray) -> tuple[tuple[float, float], tuple[int, int]] | None:
+    """Bounding box of the heart (LV blood, LV myocardium, RV blood) in a label map ``[y, x]``.
+
+    Returns:
+        ``((row, col) centre, (height, width))`` in pixels, or None when no pixel is heart
+        (other values, e.g. an ignore label, are not heart).
+    """
+    ys, xs = np.nonzero((labels >= LV_BLOOD) & (labels <= RV_BLOOD))
+    if ys.size == 0:
+        return None
+    centre = ((ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2)
+    return centre, (int(ys.max() - ys.min()) + 1, int(xs.max() - xs.min()) + 1)
 
 
 def to_model_grid(images: np.ndarray | torch.Tensor, geometry: GridGeometry) -> torch.Tensor:

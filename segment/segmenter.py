@@ -39,7 +39,7 @@ from cardiomm.data.labels import LV_BLOOD, LV_MYOCARDIUM, RV_BLOOD
 from segment.decoder import CardiacDecoder
 from segment.litemedsam import EncoderFeatures, FrozenImageEncoder, load_litemedsam
 from segment.postprocess import clean_labels
-from segment.preprocess import MODEL_SIZE, GridGeometry, from_model_grid, normalize_intensity, to_model_grid
+from segment.preprocess import MODEL_SIZE, GridGeometry, from_model_grid, heart_box, normalize_intensity, to_model_grid
 
 __all__ = ["DEFAULT_WEIGHTS", "CardiacSegmenter", "ZoomSettings", "check_pixel_spacing"]
 
@@ -180,12 +180,10 @@ class CardiacSegmenter:
         centres: list[tuple[float, float] | None] = []
         extents = []
         for lab in labels:
-            ys, xs = np.nonzero((lab >= LV_BLOOD) & (lab <= RV_BLOOD))
-            if ys.size == 0:
-                centres.append(None)
-                continue
-            centres.append(((ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2))
-            extents.append(max((ys.max() - ys.min() + 1) * ps[0], (xs.max() - xs.min() + 1) * ps[1]))
+            box = heart_box(lab)
+            centres.append(None if box is None else box[0])
+            if box is not None:
+                extents.append(max(box[1][0] * ps[0], box[1][1] * ps[1]))
         if not extents:
             return None
         lo, hi = self.zoom.side_range_mm

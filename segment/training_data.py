@@ -35,7 +35,7 @@ from scipy import ndimage
 
 from cardiomm.data.labels import LV_BLOOD, LV_MYOCARDIUM, RV_BLOOD
 from segment.augment import AugmentConfig, apply_rigid, random_intensity, random_rigid
-from segment.preprocess import MODEL_SIZE, GridGeometry, normalize_intensity, to_model_grid
+from segment.preprocess import MODEL_SIZE, GridGeometry, heart_box, normalize_intensity, to_model_grid
 
 __all__ = ["IGNORE", "Sample", "phantom_samples", "reconstruction_samples", "sunnybrook_samples", "zoomed", "build_cache",
            "cache_is_complete", "load_cache", "load_caches"]
@@ -87,13 +87,11 @@ def zoomed(sample: Sample, rng: np.random.Generator, side_range_mm: tuple[float,
         The zoomed sample (``spacing_mm`` = its new grid pixel size), or None when the sample has
         no heart label or no known grid spacing.
     """
-    heart = (sample.label >= LV_BLOOD) & (sample.label <= RV_BLOOD)
-    if not heart.any() or not np.isfinite(sample.spacing_mm) or sample.spacing_mm <= 0:
+    box = heart_box(sample.label)
+    if box is None or not np.isfinite(sample.spacing_mm) or sample.spacing_mm <= 0:
         return None
-    ys, xs = np.nonzero(heart)
-    extent_px = max(ys.max() - ys.min(), xs.max() - xs.min()) + 1
-    side_px = max(float(rng.uniform(*side_range_mm)) / sample.spacing_mm, min_margin * extent_px)
-    centre = np.array([ys.min() + ys.max(), xs.min() + xs.max()]) / 2 + rng.uniform(-jitter_mm, jitter_mm, 2) / sample.spacing_mm
+    side_px = max(float(rng.uniform(*side_range_mm)) / sample.spacing_mm, min_margin * max(box[1]))
+    centre = np.array(box[0]) + rng.uniform(-jitter_mm, jitter_mm, 2) / sample.spacing_mm
     geom = GridGeometry.window(sample.label.shape, (float(centre[0]), float(centre[1])), side_px)
     image = to_model_grid(sample.image01[None].astype(np.float32), geom)[0].numpy()
     return Sample(image, _labels_on_grid(sample.label, geom), sample.weight, f"{sample.source}:zoom",
