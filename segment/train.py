@@ -4,7 +4,8 @@
 
 ``cache`` builds the training samples (:mod:`segment.training_data`) and encodes them once
 with the frozen encoder, into ``cache_dir`` (phantom and Sunnybrook images) and, when the config
-has a ``reconstructions`` section, into its own ``cache_dir`` (reconstructed phantom slices); with
+has a ``reconstructions`` section, into its own ``cache_dir`` (reconstructed phantom slices), and
+likewise for ``real_reconstructions`` (reconstructed contoured Sunnybrook slices); with
 a ``zoom`` section, heart-centred zooms of every image of those caches
 (:func:`segment.training_data.zoomed`, what the segmenter's second pass sees) go into a third.  A
 cache that is complete and was built from the same config section is kept.  ``fit`` trains :class:`segment.decoder.CardiacDecoder` on the cache
@@ -37,14 +38,15 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+#: Config sections that add a cache of their own (``<section>.cache_dir``), in training order; ``zoom``
+#: is made from the caches before it, so it stays last.
+CACHE_SECTIONS: tuple[str, ...] = ("reconstructions", "real_reconstructions", "zoom")
+
+
 def cache_dirs(cfg: dict[str, Any]) -> list[Path]:
-    """Every cache the config trains on: ``cache_dir``, then ``reconstructions.cache_dir`` and ``zoom.cache_dir`` if any."""
-    dirs = [Path(cfg["cache_dir"])]
-    if cfg.get("reconstructions"):
-        dirs.append(Path(cfg["reconstructions"]["cache_dir"]))
-    if cfg.get("zoom"):
-        dirs.append(Path(cfg["zoom"]["cache_dir"]))
-    return dirs
+    """Every cache the config trains on: ``cache_dir``, then ``<section>.cache_dir`` for each of
+    :data:`CACHE_SECTIONS` the config has."""
+    return [Path(cfg["cache_dir"])] + [Path(cfg[k]["cache_dir"]) for k in CACHE_SECTIONS if cfg.get(k)]
 
 
 def make_cache(cfg: dict[str, Any]) -> None:
@@ -53,13 +55,15 @@ def make_cache(cfg: dict[str, Any]) -> None:
     from segment.training_data import build_cache, cache_is_complete
 
     jobs = [(Path(cfg["cache_dir"]), fingerprint(cfg["seed"], cfg["data"], cfg["augment"]), _image_samples)]
-    if cfg.get("reconstructions"):
+    recon_sections = [(k, make) for k, make in (("reconstructions", _reconstruction_samples),
+                                                ("real_reconstructions", _real_reconstruction_samples)) if cfg.get(k)]
+    if recon_sections:
         from cardiomm.inference import DEFAULT_CHECKPOINT
         from cardiomm.training.checkpoint import checkpoint_sha256
 
-        ckpt = checkpoint_sha256(DEFAULT_CHECKPOINT)[:16]
-        jobs.append((Path(cfg["reconstructions"]["cache_dir"]),
-                     fingerprint(cfg["seed"], cfg["reconstructions"], cfg["augment"], ckpt), _reconstruction_samples))
+        ckpt = checkpoint_sha256(DEFAULT_CHECKPOINT)[:16]  # the reconstructions depend on the shipped CardioMM
+        for key, make in recon_sections:
+            jobs.append((Path(cfg[key]["cache_dir"]), fingerprint(cfg["seed"], cfg[key], cfg["augment"], ckpt), make))
     if cfg.get("zoom"):  # made from the caches above, so it follows them
         zoom_data = {k: v for k, v in cfg["zoom"].items() if k != "margin"}  # margin is for inference only
         jobs.append((Path(cfg["zoom"]["cache_dir"]), fingerprint(cfg["seed"], zoom_data, [fp for _, fp, _ in jobs]), _zoom_samples))
@@ -88,6 +92,20 @@ def _reconstruction_samples(cfg: dict[str, Any]) -> list:
         AugmentConfig(**cfg["augment"]), matrices=tuple(r["matrices"]), fov_range_mm=tuple(r["fov_range_mm"]),
         n_frames=int(r["n_frames"]), n_coils=int(r["coils"]), snr_db=float(r["snr_db"]),
         augment_fraction=float(r["augment_fraction"])))
+    return [samples[i] for i in rng.permutation(len(samples))]
+
+
+def _real_reconstruction_samples(cfg: dict[str, Any]) -> list:
+    from segment.augment import AugmentConfig
+    from segment.training_data import sunnybrook_reconstruction_samples
+
+    r = cfg["real_reconstructions"]
+    rng = np.random.default_rng([cfg["seed"], 3])
+    samples = list(sunnybrook_reconstruction_samples(
+        Path(r["sunnybrook_root"]), list(r["patients"]), list(r["methods"]), list(r["patterns"]),
+        tuple(r["accel_range"]), rng, AugmentConfig(**cfg["augment"]), rounds=int(r["rounds"]),
+        n_coils=int(r["coils"]), snr_db=float(r["snr_db"]), augment_fraction=float(r["augment_fraction"]),
+        ring_mm=float(cfg["data"]["es_ring_mm"])))
     return [samples[i] for i in rng.permutation(len(samples))]
 
 

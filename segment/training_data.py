@@ -15,6 +15,8 @@ loss weight.  Sources:
   (CardioMM and classical methods, k-t patterns, R 4-24) at end-diastole and end-systole, with
   the phantom's exact labels, so the decoder learns the blur and aliasing of reconstructions
   at high acceleration instead of seeing them first at test time.
+* ``recon_sunnybrook``: the same for the contoured slices of real Sunnybrook patients (SIMULATED
+  acquisitions of their DICOM images), with their manual labels.
 
 Augmented copies are made on the model grid (the frozen encoder must re-encode them, so
 the copies are fixed at caching time).  :func:`build_cache` encodes everything once and
@@ -37,7 +39,8 @@ from cardiomm.data.labels import LV_BLOOD, LV_MYOCARDIUM, RV_BLOOD
 from segment.augment import AugmentConfig, apply_rigid, random_intensity, random_rigid
 from segment.preprocess import MODEL_SIZE, GridGeometry, heart_box, normalize_intensity, to_model_grid
 
-__all__ = ["IGNORE", "Sample", "phantom_samples", "reconstruction_samples", "sunnybrook_samples", "zoomed", "build_cache",
+__all__ = ["IGNORE", "Sample", "phantom_samples", "reconstruction_samples", "sunnybrook_reconstruction_samples",
+           "sunnybrook_samples", "zoomed", "build_cache",
            "cache_is_complete", "load_cache", "load_caches"]
 
 IGNORE = 255
@@ -156,14 +159,77 @@ def reconstruction_samples(
         pattern = str(rng.choice(list(patterns)))
         accel = float(rng.uniform(*accel_range))
         sampling = make_mask(pattern, accel, tuple(kspace.shape[-3:]), seed=seed)
-        for runner in runners:
-            magnitude = runner(kspace, sampling, acq.metadata)[0].abs().numpy()
-            for f in (0, es):
-                img, lab, geom = _to_grid(magnitude[f], ph.labels[s, f], ph.pixel_spacing_mm)
-                if rng.random() < augment_fraction:
-                    img, lab = _augmented(img, lab, rng, cfg)
-                yield Sample(img, lab, 1.0, f"recon:{runner.name}:{pattern}:R{sampling.r_effective:.1f}:{seed}:{s}:{f}",
-                             _grid_spacing(geom, ph.pixel_spacing_mm))
+        labels = {0: ph.labels[s, 0], es: ph.labels[s, es]}
+        yield from _reconstructed_frames(runners, kspace, sampling, acq.metadata, labels, ph.pixel_spacing_mm, rng, cfg,
+                                         augment_fraction, f"recon:{{method}}:{pattern}:R{sampling.r_effective:.1f}:{seed}:{s}")
+
+
+def _reconstructed_frames(
+    runners: list, kspace: torch.Tensor, sampling, metadata, labels: dict[int, np.ndarray],
+    pixel_spacing_mm: tuple[float, float], rng: np.random.Generator, cfg: AugmentConfig, augment_fraction: float,
+    source: str, transposed: bool = False,
+) -> Iterator[Sample]:
+    """Every runner reconstructs ``kspace`` ``[1, coil, time, ky, kx]`` under ``sampling``; the frames
+    named by ``labels`` (frame -> label map ``[y, x]``) become samples, a share ``augment_fraction``
+    of them moved.  ``source`` is formatted with ``method``; a ``transposed`` acquisition (ky along
+    image x) is transposed back to the labels' orientation."""
+    for runner in runners:
+        magnitude = runner(kspace, sampling, metadata)[0].abs().numpy()
+        if transposed:
+            magnitude = np.swapaxes(magnitude, -1, -2)
+        for f, label in labels.items():
+            img, lab, geom = _to_grid(magnitude[f], label, pixel_spacing_mm)
+            if rng.random() < augment_fraction:
+                img, lab = _augmented(img, lab, rng, cfg)
+            yield Sample(img, lab, 1.0, f"{source.format(method=runner.name)}:{f}", _grid_spacing(geom, pixel_spacing_mm))
+
+
+def sunnybrook_reconstruction_samples(
+    root: Path, patients: list[str], methods: list[str], patterns: list[str], accel_range: tuple[float, float],
+    rng: np.random.Generator, cfg: AugmentConfig, *, rounds: int = 1, n_coils: int = 10, snr_db: float = 30.0,
+    augment_fraction: float = 0.5, ring_mm: float = 12.0, max_slices: int | None = None,
+) -> Iterator[Sample]:
+    """Reconstructions of the contoured slices of real Sunnybrook patients (SIMULATED acquisitions).
+
+    Every slice with manual contours is simulated as a ``n_coils`` acquisition of its whole cine
+    (as ``cardiomm bench fidelity`` does for a DICOM folder), undersampled ``rounds`` times with a
+    random pattern and an effective R uniform in ``accel_range``, and reconstructed by every method
+    (names of :data:`cardiomm.fidelity.methods.METHOD_NAMES`; ``cardiomm`` is the shipped
+    checkpoint).  Its contoured frames (end-diastole, end-systole) become samples with the manual
+    labels, completed as in :func:`sunnybrook_samples` (teacher RV on the fully sampled image,
+    unknown ring where no epicardium is drawn): the decoder learns real anatomy through the blur
+    and aliasing of reconstructions, which phantoms alone do not teach.  ``max_slices`` keeps only
+    the first (basal) contoured slices of each patient.
+    """
+    from cardiomm.data.contours import sunnybrook_labels
+    from cardiomm.data.dicom_cine import read_dicom_cine
+    from cardiomm.data.sources import load_source
+    from cardiomm.fidelity.methods import make_method
+    from recon.masks import make_mask
+    from segment.acdc_teacher import AcdcTeacher
+
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    runners = [make_method(m, "cpu") for m in methods]
+    teacher = AcdcTeacher()
+    for pid in patients:
+        folder = root / "dicoms" / pid
+        cine = read_dicom_cine(folder)
+        manual = sunnybrook_labels(root / "contourfiles", cine)
+        spacing = float(cine.pixel_spacing_mm[0])
+        for s in sorted({s for s, _ in manual})[:max_slices]:
+            labels = {f: _sunnybrook_label(lab, teacher.segment(cine.images[s, f]), bool((lab == LV_MYOCARDIUM).any()),
+                                           spacing, ring_mm)
+                      for (ss, f), lab in sorted(manual.items()) if ss == s}
+            acq = load_source(folder, n_coils=n_coils, seed=int(rng.integers(2**31)), snr_db=snr_db, slices=[s])
+            transposed = bool((acq.metadata.extra or {}).get("transposed", False))
+            for _ in range(rounds):
+                pattern = str(rng.choice(list(patterns)))
+                sampling = make_mask(pattern, float(rng.uniform(*accel_range)), tuple(acq.kspace.shape[-3:]),
+                                     seed=int(rng.integers(2**31)))
+                yield from _reconstructed_frames(
+                    runners, acq.kspace, sampling, acq.metadata, labels, cine.pixel_spacing_mm, rng, cfg, augment_fraction,
+                    f"recon_sunnybrook:{{method}}:{pattern}:R{sampling.r_effective:.1f}:{pid}:{s}", transposed)
 
 
 def _sunnybrook_label(manual: np.ndarray, teacher: np.ndarray, has_epi: bool, spacing_mm: float, ring_mm: float) -> np.ndarray:

@@ -175,6 +175,41 @@ def test_reconstruction_samples_label_reconstructed_ed_and_es_frames():
     assert (samples[1].label == 1).sum() < (samples[0].label == 1).sum()
 
 
+def test_sunnybrook_reconstruction_samples_carry_the_manual_labels():
+    from cardiomm.data.contours import sunnybrook_labels
+    from cardiomm.data.dicom_cine import read_dicom_cine
+    from segment.augment import AugmentConfig
+    from segment.training_data import IGNORE, sunnybrook_reconstruction_samples
+
+    root = Path(__file__).resolve().parents[2] / "shared" / "data" / "sunnybrook"
+    rng = np.random.default_rng(0)
+    samples = list(sunnybrook_reconstruction_samples(root, ["SCD0000201"], ["zero-filled", "view-sharing"],
+                                                     ["kt_gaussian"], (8.0, 8.0), rng, AugmentConfig(), n_coils=4,
+                                                     augment_fraction=0.0, max_slices=1))
+    cine = read_dicom_cine(root / "dicoms" / "SCD0000201")
+    manual = sunnybrook_labels(root / "contourfiles", cine)
+    s = min(s for s, _ in manual)
+    frames = sorted(f for ss, f in manual if ss == s)
+    assert [x.source.rsplit(":", 1)[1] for x in samples] == [str(f) for f in frames] * 2
+    assert samples[0].source.startswith("recon_sunnybrook:zero-filled:kt_gaussian:R8.")
+    assert samples[len(frames)].source.startswith("recon_sunnybrook:view-sharing:kt_gaussian:R8.")
+    for x, f in zip(samples, frames * 2):
+        assert x.image01.shape == x.label.shape == (MODEL_SIZE, MODEL_SIZE)
+        assert set(np.unique(x.label)) <= {0, 1, 2, 3, IGNORE}
+        # the manual blood pool, on the grid, keeps its area (the grid spacing is the source's)
+        area = (manual[(s, f)] == 1).sum() * float(cine.pixel_spacing_mm[0]) ** 2
+        assert (x.label == 1).sum() * x.spacing_mm ** 2 == pytest.approx(area, rel=0.05)
+        # SCD0000201 is stored with phase encoding along x: the reconstruction is transposed back, so
+        # the labels sit on the anatomy (bright blood inside the blood-pool label, darker myocardium)
+        if (x.label == 2).any():
+            assert x.image01[x.label == 1].mean() > 1.5 * x.image01[x.label == 2].mean()
+    # the two methods give different images of the same frames
+    assert not np.array_equal(samples[0].image01, samples[len(frames)].image01)
+    with pytest.raises(ValueError, match="rounds"):
+        next(sunnybrook_reconstruction_samples(root, ["SCD0000201"], ["zero-filled"], ["kt_gaussian"], (8.0, 8.0), rng,
+                                               AugmentConfig(), rounds=0))
+
+
 def test_caches_are_kept_only_when_complete_and_built_from_the_same_config(tmp_path: Path):
     from segment.train import fingerprint
     from segment.training_data import Sample, build_cache, cache_is_complete, load_caches
@@ -333,6 +368,22 @@ def test_shipped_weights_segment_an_unseen_phantom(segmenter, phantom):
     assert set(np.unique(labels)) <= {0, 1, 2, 3}
     assert dice(labels == 1, truth == 1) > PHANTOM_LV_DICE_MIN
     assert dice(labels == 2, truth == 2) > PHANTOM_MYO_DICE_MIN
+
+
+def test_segmenter_names_its_decoder_weights(segmenter, tmp_path: Path):
+    import hashlib
+    import shutil
+
+    from segment.segmenter import CardiacSegmenter
+
+    shipped = segmenter.weights_file
+    assert shipped is not None and shipped.name == "cardiac_decoder.pt"
+    assert hashlib.sha256(shipped.read_bytes()).hexdigest()[:16] in segmenter.describe()
+    other = tmp_path / "my_decoder.pt"
+    shutil.copyfile(shipped, other)
+    assert "my_decoder.pt" in CardiacSegmenter.load_default(weights=other).describe()
+    with pytest.raises(FileNotFoundError, match="not found"):
+        CardiacSegmenter.load_default(weights=tmp_path / "missing.pt")
 
 
 def test_second_pass_finds_the_heart_once_per_slice(segmenter, phantom):
