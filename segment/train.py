@@ -19,7 +19,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -87,12 +87,25 @@ def _reconstruction_samples(cfg: dict[str, Any]) -> list:
     r = cfg["reconstructions"]
     rng = np.random.default_rng([cfg["seed"], 1])
     lo, hi = r["phantom_seeds"]
-    samples = list(reconstruction_samples(
+    samples = _collect("reconstructing phantom slices", reconstruction_samples(
         list(range(lo, hi + 1)), list(r["methods"]), list(r["patterns"]), tuple(r["accel_range"]), rng,
         AugmentConfig(**cfg["augment"]), matrices=tuple(r["matrices"]), fov_range_mm=tuple(r["fov_range_mm"]),
         n_frames=int(r["n_frames"]), n_coils=int(r["coils"]), snr_db=float(r["snr_db"]),
         augment_fraction=float(r["augment_fraction"])))
     return [samples[i] for i in rng.permutation(len(samples))]
+
+
+def _collect(description: str, samples: Iterator[Any]) -> list:
+    """The samples of a slow generator (reconstructions), with a progress line counting them."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    out = []
+    with Progress(SpinnerColumn(), TextColumn("{task.description}: {task.completed:.0f} images"), TimeElapsedColumn()) as bar:
+        task = bar.add_task(description, total=None)
+        for sample in samples:
+            out.append(sample)
+            bar.advance(task)
+    return out
 
 
 def _real_reconstruction_samples(cfg: dict[str, Any]) -> list:
@@ -101,7 +114,7 @@ def _real_reconstruction_samples(cfg: dict[str, Any]) -> list:
 
     r = cfg["real_reconstructions"]
     rng = np.random.default_rng([cfg["seed"], 3])
-    samples = list(sunnybrook_reconstruction_samples(
+    samples = _collect("reconstructing contoured Sunnybrook slices", sunnybrook_reconstruction_samples(
         Path(r["sunnybrook_root"]), list(r["patients"]), list(r["methods"]), list(r["patterns"]),
         tuple(r["accel_range"]), rng, AugmentConfig(**cfg["augment"]), rounds=int(r["rounds"]),
         n_coils=int(r["coils"]), snr_db=float(r["snr_db"]), augment_fraction=float(r["augment_fraction"]),
