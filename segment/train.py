@@ -9,7 +9,7 @@ likewise for ``real_reconstructions`` (reconstructed contoured Sunnybrook slices
 a ``zoom`` section, heart-centred zooms of every image of those caches
 (:func:`segment.training_data.zoomed`, what the segmenter's second pass sees) go into a third.  A
 cache that is complete and was built from the same config section is kept.  ``fit`` trains :class:`segment.decoder.CardiacDecoder` on the cache
-with loss = Dice + CE + 0.5 x edge BCE (:mod:`segment.losses`) and writes the weights.
+(``train.members`` of them from different random starts, saved as one ensemble) with loss = Dice + CE + 0.5 x edge BCE (:mod:`segment.losses`) and writes the weights.
 """
 
 from __future__ import annotations
