@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from cardiomm.model import CardioMMNet, ComplexUNet, ContextBatch, ContextEncoder, SSIML1Loss, UnrolledCascade, ssim
 from cardiomm.model.context import CATEGORICAL_FIELDS, CONTINUOUS_FIELDS, canonical_vendor
@@ -476,10 +477,13 @@ def test_soft_data_consistency_is_the_documented_update() -> None:
     assert k.grad is not None and torch.isfinite(k.grad.real).all()
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("conv_mode, temporal_kernel, factor", [("2+1d", 3, 2), ("2+1d", 1, 1), ("3d", 3, 1)])
 def test_inference_layout_computes_the_same_function_as_the_training_layout(
-    conv_mode: str, temporal_kernel: int, factor: int
+    conv_mode: str, temporal_kernel: int, factor: int, threads: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # one CPU thread takes the matrix-product path for the kt x 1 x 1 convolutions (conv_over_time)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
     torch.manual_seed(7)
     net = ComplexUNet(channels=6, depth=2, context_dim=4, temporal_kernel=temporal_kernel, conv_mode=conv_mode,
                       pixel_unshuffle=factor)
@@ -491,6 +495,19 @@ def test_inference_layout_computes_the_same_function_as_the_training_layout(
         inference = net(image, c)
     assert training.requires_grad and not inference.requires_grad
     torch.testing.assert_close(inference, training.detach(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kt, bias", [(3, False), (5, True), (1, True)])
+def test_conv_over_time_is_the_temporal_convolution(kt: int, bias: bool) -> None:
+    from cardiomm.model.unet2dt import conv_over_time
+
+    g = torch.Generator().manual_seed(3)
+    h = torch.randn(2, 6, 7, 5, 4, generator=g).contiguous(memory_format=torch.channels_last_3d)
+    w = torch.randn(3, 6, kt, 1, 1, generator=g)
+    b = torch.randn(3, generator=g) if bias else None
+    out = conv_over_time(h, w, b)
+    torch.testing.assert_close(out, F.conv3d(h, w, b, padding=(kt // 2, 0, 0)), atol=1e-5, rtol=1e-5)
+    assert out.is_contiguous(memory_format=torch.channels_last_3d)
 
 
 @pytest.mark.parametrize("by_matmul", [True, False])

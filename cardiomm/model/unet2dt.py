@@ -71,12 +71,45 @@ class SpatioTemporalConv(nn.Module):
         if self.temporal is None:
             return h.contiguous(memory_format=torch.channels_last_3d if fast else torch.contiguous_format)
         if fast:
+            if _single_thread_cpu(h):
+                return conv_over_time(h, self.temporal.weight)
             return F.conv3d(h, self.temporal.weight, padding=self.temporal.padding)
         # with autograd: the temporal conv as a 2D conv over [time, pixels]
         b, ch, t, ny, nx = h.shape
         pixels = h.reshape(b, ch, t, ny * nx)
         w = self.temporal.weight.squeeze(-1)  # [out, out, kt, 1]
         return F.conv2d(pixels, w, padding=(self.temporal.padding[0], 0)).reshape(b, -1, t, ny, nx)
+
+
+def _single_thread_cpu(x: torch.Tensor) -> bool:
+    """Whether ``x`` is on a CPU run with one thread, where PyTorch sends ``kt x 1 x 1`` convolutions to
+    its slow reference kernel instead of oneDNN (it prefers oneDNN for such kernels only with more
+    than one thread); :func:`conv_over_time` is then 2-3x faster."""
+    return x.device.type == "cpu" and torch.get_num_threads() == 1
+
+
+def conv_over_time(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """A ``kt x 1 x 1`` convolution with zero "same" padding along time, as ``kt`` matrix products.
+
+    Args:
+        h: ``[batch, in, time, y, x]`` in channels-last 3D memory (a view ``[batch, time, y, x, in]``).
+        weight: ``[out, in, kt, 1, 1]`` (``kt`` odd); bias: ``[out]`` or None.
+    Returns:
+        ``[batch, out, time, y, x]`` in channels-last 3D memory; equal to ``F.conv3d(h, weight, bias,
+        padding=(kt // 2, 0, 0))``.
+    """
+    t, kt = h.shape[2], weight.shape[2]
+    pad = kt // 2
+    feats = h.permute(0, 2, 3, 4, 1)  # [batch, time, y, x, in]
+    if pad:
+        feats = F.pad(feats, (0, 0, 0, 0, 0, 0, pad, pad))
+    taps = weight[:, :, :, 0, 0]  # [out, in, kt]
+    out = feats[:, :t] @ taps[:, :, 0].T
+    for k in range(1, kt):
+        out += feats[:, k: k + t] @ taps[:, :, k].T
+    if bias is not None:
+        out += bias
+    return out.permute(0, 4, 1, 2, 3)
 
 
 def inference_layout() -> bool:
@@ -294,4 +327,6 @@ class UNet2dt(nn.Module):
         x = self.bottleneck(x, c)
         for upsample, block, skip in zip(self.upsample, self.up, reversed(skips)):
             x = block(torch.cat([_upsample(upsample, x), skip], dim=1), c)
+        if inference_layout() and _single_thread_cpu(x):
+            return conv_over_time(x.contiguous(memory_format=torch.channels_last_3d), self.head.weight, self.head.bias)
         return self.head(x)
