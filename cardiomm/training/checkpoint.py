@@ -9,7 +9,6 @@ hyper-parameters describe.  Anything else raises ``ValueError`` naming the file 
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import os
 from pathlib import Path
@@ -19,10 +18,7 @@ import torch
 
 from cardiomm.model import ARCHITECTURE, CardioMMNet
 
-__all__ = [
-    "EXPORTED_KEYS", "checkpoint_sha256", "export_checkpoint", "load_cardiomm_checkpoint", "load_matching_weights",
-    "read_checkpoint",
-]
+__all__ = ["EXPORTED_KEYS", "export_checkpoint", "load_cardiomm_checkpoint", "load_matching_weights", "read_checkpoint"]
 
 _MODEL_PREFIX = "model."
 
@@ -39,15 +35,6 @@ EXPORTED_KEYS: tuple[str, ...] = (
     "global_step",
     "pytorch-lightning_version",
 )
-
-
-def checkpoint_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a checkpoint file's bytes: names the exact weights in reports and cache fingerprints."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
