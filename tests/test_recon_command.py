@@ -306,3 +306,38 @@ def test_real_cxx_ismrmrd_file_with_separate_calibration_lines(shared_data: Path
     recon = images[0].mean(axis=0)
     a, b = recon - recon.mean(), truth - truth.mean()
     assert float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum())) > 0.97  # unaliased, right orientation
+
+
+def test_cmrxrecon_mat_files_full_and_point_undersampled(scans: Path, tmp_path: Path) -> None:
+    """CMRxRecon .mat inputs: a fully sampled ``kspace_full`` file (undersampled retrospectively) and a
+    prospective ``kus`` file with a point-wise kt-radial pattern; the mask file beside them is skipped."""
+    scipy_io = pytest.importorskip("scipy.io")
+    kspace = read_ismrmrd_raw(scans / "scan0.h5").kspace  # [slice, coil, time, ky, kx], SIMULATED
+    as_matlab = lambda k: np.ascontiguousarray(np.transpose(k, (4, 3, 1, 0, 2)))  # noqa: E731 - (kx, ky, coil, slice, time)
+    folder = tmp_path / "P001"
+    folder.mkdir()
+    scipy_io.savemat(folder / "cine_sax.mat", {"kspace_full": as_matlab(kspace)})
+    sm = make_mask("kt_radial", 4, (FRAMES, MATRIX, MATRIX), seed=1)
+    mask = sm.mask.numpy()
+    assert mask.any(axis=-1).all()  # every ky row holds a sample: a line-based check would call it fully sampled
+    scipy_io.savemat(folder / "cine_sax_kus_ktRadial4.mat", {"kus": as_matlab(kspace * mask[None, None])})
+    scipy_io.savemat(folder / "cine_sax_mask_ktRadial4.mat", {"mask": np.transpose(mask, (2, 1, 0))})
+
+    out = tmp_path / "out"
+    assert main(["recon", str(folder), "--out", str(out), "--method", "zero-filled", "--quiet"]) == 0
+    records = {r["name"]: r for r in _summary(out)}
+    assert sorted(records) == ["cine_sax", "cine_sax_kus_ktRadial4"]  # the mask file is not an input
+    full, kus = records["cine_sax"], records["cine_sax_kus_ktRadial4"]
+    assert full["sampling"]["undersampling"] == "none" and full["r_effective"] == 1.0
+    assert kus["sampling"]["undersampling"] == "prospective"
+    assert kus["r_effective"] == pytest.approx(mask.size / mask.sum())
+    assert any("spacing" in n for n in kus["notes"])  # .mat files carry no geometry
+    images, _ = read_ismrmrd_images(out / "cine_sax_zero-filled.images.h5")
+    np.testing.assert_allclose(images, rss(ifft2c(torch.from_numpy(kspace))).numpy(), rtol=1e-4, atol=1e-6)
+
+    # retrospective undersampling of the fully sampled file, as for ISMRMRD
+    out2 = tmp_path / "out2"
+    assert main(["recon", str(folder / "cine_sax.mat"), "--out", str(out2), "--method", "zero-filled",
+                 "--accel", "4", "--mask", "kt_gaussian", "--quiet"]) == 0
+    (record,) = _summary(out2)
+    assert record["sampling"]["undersampling"] == "retrospective" and record["r_effective"] == pytest.approx(4, rel=0.1)

@@ -1,10 +1,11 @@
-"""Which files a batch reconstruction reads, and the names its outputs get.
+"""Which files a batch reconstruction reads, how, and the names its outputs get.
 
-Inputs are ISMRMRD raw-data files (``.h5`` / ``.mrd``) or folders of them.  A folder
-contributes the raw files directly inside it (or, with ``recursive=True``, anywhere below it),
-in sorted order; files that are outputs of a batch run (``*.images.h5``, see
-:data:`OUTPUT_IMAGE_SUFFIX`) and hidden files are left out, so an output folder can sit inside
-an input folder.  Paths given explicitly are always kept, even if they do not exist or have
+Inputs are ISMRMRD raw-data files (``.h5`` / ``.mrd``), CMRxRecon k-space files (``.mat``) or
+folders of them.  A folder contributes the raw files directly inside it (or, with
+``recursive=True``, anywhere below it), in sorted order; files that are outputs of a batch run
+(``*.images.h5``, see :data:`OUTPUT_IMAGE_SUFFIX`), CMRxRecon mask files (a ``.mat`` whose name
+contains ``mask``, e.g. ``cine_sax_mask_ktGaussian8.mat``) and hidden files are left out, so an
+output folder can sit inside an input folder and a CMRxRecon patient folder can be given whole.  Paths given explicitly are always kept, even if they do not exist or have
 another suffix: the run then reports them as failed inputs instead of silently dropping them.
 """
 
@@ -15,11 +16,15 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["OUTPUT_IMAGE_SUFFIX", "RAW_SUFFIXES", "discover_inputs", "output_names"]
+if TYPE_CHECKING:
+    from cardiomm.data.metadata import KSpaceScan
 
-#: Suffixes of ISMRMRD raw-data files picked up from folders.
-RAW_SUFFIXES: tuple[str, ...] = (".h5", ".mrd")
+__all__ = ["OUTPUT_IMAGE_SUFFIX", "RAW_SUFFIXES", "discover_inputs", "output_names", "read_raw_scan"]
+
+#: Suffixes of raw-data files picked up from folders: ISMRMRD, then CMRxRecon MAT.
+RAW_SUFFIXES: tuple[str, ...] = (".h5", ".mrd", ".mat")
 #: Suffix of the ISMRMRD image files a batch run writes (never taken as an input from a folder).
 OUTPUT_IMAGE_SUFFIX = ".images.h5"
 
@@ -28,12 +33,29 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 
 def _is_raw_candidate(path: Path) -> bool:
     name = path.name
+    suffix = path.suffix.lower()
     return (
         path.is_file()
         and not name.startswith(".")
-        and path.suffix.lower() in RAW_SUFFIXES
+        and suffix in RAW_SUFFIXES
         and not name.endswith(OUTPUT_IMAGE_SUFFIX)
+        and not (suffix == ".mat" and "mask" in path.stem.lower())
     )
+
+
+def read_raw_scan(path: Path) -> KSpaceScan:
+    """Read one input: a CMRxRecon ``.mat`` file by its suffix, anything else as ISMRMRD raw data.
+
+    Raises:
+        DataFileError: the file cannot be read as that format (the message names the file).
+    """
+    if path.suffix.lower() == ".mat":
+        from cardiomm.data.cmrxrecon import read_cmrxrecon_kspace
+
+        return read_cmrxrecon_kspace(path)
+    from cardiomm.data.ismrmrd_raw import read_ismrmrd_raw
+
+    return read_ismrmrd_raw(path)
 
 
 def discover_inputs(

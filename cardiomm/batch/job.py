@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from cardiomm.batch.engines import SliceEngine, make_engine
+from cardiomm.batch.inputs import read_raw_scan
 from cardiomm.batch.prepare import PreparedScan, Undersampling, prepare_scan, voxel_spacing_mm
 from cardiomm.batch.writers import (
     OutputSet,
@@ -209,10 +210,8 @@ class BatchJob:
         self, path: Path, outputs: OutputSet, base: dict[str, Any], on_slices: SliceCallback | None, t0: float
     ) -> dict[str, Any]:
         from cardiomm.data.ismrmrd_image import write_ismrmrd_images
-        from cardiomm.data.ismrmrd_raw import read_ismrmrd_raw
-
         s = self.settings
-        scan = prepare_scan(read_ismrmrd_raw(path), s.undersampling, path)
+        scan = prepare_scan(read_raw_scan(path), s.undersampling, path)
         engine = self.engine
         t_read = time.perf_counter()
         if engine.device.type == "cuda":

@@ -185,7 +185,7 @@ def prepare_scan(scan: KSpaceScan, undersampling: Undersampling | None, path: st
     """Turn a read :class:`KSpaceScan` into a :class:`PreparedScan`.
 
     Args:
-        scan: from :func:`cardiomm.data.ismrmrd_raw.read_ismrmrd_raw`.
+        scan: from :func:`cardiomm.batch.inputs.read_raw_scan` (ISMRMRD or CMRxRecon).
         undersampling: retrospective undersampling to apply, or None to keep the file's sampling.
         path: the file (for error messages).
     Raises:
@@ -198,7 +198,10 @@ def prepare_scan(scan: KSpaceScan, undersampling: Undersampling | None, path: st
     n_sl, _, nt, ny, nx = kspace.shape
     file_mask = torch.as_tensor(np.asarray(scan.mask, dtype=bool)).expand(n_sl, nt, ny, nx)
     acs_kspace = None if scan.acs is None else torch.as_tensor(np.asarray(scan.acs)).to(torch.complex64)
-    fully_sampled = bool(file_mask.any(dim=-1).all())
+    # fully sampled: every sample of the readout columns that any line reaches (partial echo keeps
+    # its columns); point-wise patterns (CMRxRecon ktRadial) that touch every ky line are not
+    cols = file_mask.any(dim=(0, 1, 2))
+    fully_sampled = bool(cols.any()) and bool(file_mask[..., cols].all())
 
     if undersampling is None:
         mask = file_mask.clone()

@@ -1,6 +1,9 @@
-"""``cardiomm recon``: batch reconstruction of ISMRMRD raw files into images.
+"""``cardiomm recon``: batch reconstruction of ISMRMRD raw files (and CMRxRecon .mat files) into images.
 
-INPUT is an ISMRMRD raw-data file (.h5/.mrd) or a folder of them.  Prospectively undersampled
+INPUT is an ISMRMRD raw-data file (.h5/.mrd), a CMRxRecon k-space file (.mat: fully sampled
+``kspace_full``/``kspace``, or undersampled ``kus``/``kspace_subNN`` whose mask is read from the
+nonzero samples) or a folder of them (CMRxRecon mask files, ``*mask*.mat``, are skipped; the .mat
+files carry no geometry, so their voxel size is unknown and noted).  Prospectively undersampled
 data are reconstructed with the sampling recorded in the file; fully sampled data are
 reconstructed as they are, or undersampled retrospectively first with --accel R (--mask
 PATTERN, --seed S: slice s uses seed S+s).  Both acceleration conventions are reported: the
@@ -64,11 +67,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "recon",
-        help="reconstruct ISMRMRD raw files (or folders of them) into ISMRMRD images, NIfTI and previews",
+        help="reconstruct ISMRMRD raw files or CMRxRecon .mat files (or folders of them) into ISMRMRD images, "
+             "NIfTI and previews",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="ISMRMRD raw file (.h5/.mrd) or folder")
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="ISMRMRD raw file (.h5/.mrd), CMRxRecon k-space file (.mat) or folder")
     p.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
     p.add_argument("--method", choices=METHODS, default="cardiomm", help="reconstruction method (default: cardiomm)")
     p.add_argument("--checkpoint", type=Path, help="CardioMM checkpoint (default: the one shipped with the package)")
@@ -142,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         check_output_folder(out)
         inputs = discover_inputs(args.inputs, recursive=args.recursive, exclude=[out])
         if not inputs:
-            raise SetupError(f"no ISMRMRD raw files (.h5/.mrd) found in {', '.join(map(str, args.inputs))}")
+            raise SetupError(f"no ISMRMRD raw files (.h5/.mrd) or CMRxRecon files (.mat) found in {', '.join(map(str, args.inputs))}")
         names = output_names(inputs)
         if args.strategy != "none":
             return _run_distributed(args, settings, inputs, names, out)
