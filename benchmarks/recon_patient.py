@@ -94,7 +94,8 @@ def run(case: dict[str, Any], args: argparse.Namespace, checkpoint: Path) -> lis
             and tuple(r["slices"]) == tuple(case["slices"])]
     if rows:
         print(f"{args.cache}: reusing {len(rows)} finished rows; computing {len(todo)}")
-    recon = load_reconstructor(checkpoint, device="cpu") if any(m == "cardiomm" for _, _, m in todo) else None
+    device = torch.device(args.device)
+    recon = load_reconstructor(checkpoint, device=args.device) if any(m == "cardiomm" for _, _, m in todo) else None
     shape = tuple(case["kspace"].shape[-3:])
     n = len(case["slices"])
     with Progress() as progress:
@@ -108,9 +109,11 @@ def run(case: dict[str, Any], args: argparse.Namespace, checkpoint: Path) -> lis
                 k = case["kspace"][i : i + 1] * sm.mask
                 t0 = time.perf_counter()
                 if method == "cardiomm":
-                    image = recon(k, sm.mask, sm.acs, meta)[0]  # type: ignore[misc]
+                    image = recon(k.to(device), sm.mask, sm.acs, meta)[0]  # type: ignore[misc]
                 else:
-                    image = reconstruct(k, sm, method).image[0]
+                    image = reconstruct(k, sm, method, device=device).image[0]
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
                 seconds.append(time.perf_counter() - t0)
                 per_slice.append(metrics_row(case["reference"][i], image.detach().cpu()))
                 progress.advance(task)
@@ -120,7 +123,7 @@ def run(case: dict[str, Any], args: argparse.Namespace, checkpoint: Path) -> lis
                    "ssim": round(float(np.mean([m["ssim"] for m in per_slice])), 4),
                    "nmse": float(f"{np.mean([m['nmse'] for m in per_slice]):.5g}"),
                    "per_slice": per_slice, "seconds_per_slice": round(float(np.mean(seconds)), 3),
-                   "threads": torch.get_num_threads()}
+                   "device": str(device), "threads": torch.get_num_threads()}
             if method == "cardiomm":
                 row["checkpoint_sha256"] = sha
             append_cache(args.cache, row)
@@ -187,7 +190,7 @@ def write_outputs(case: dict[str, Any], rows: list[dict[str, Any]], args: argpar
               "checkpoint": str(checkpoint.relative_to(ROOT) if checkpoint.is_relative_to(ROOT) else checkpoint),
               "checkpoint_sha256": file_sha256(checkpoint), "mask_seed": args.mask_seed,
               "metrics": "recon.metrics.image_metrics per 2D+t slice (volume normalisation), mean over slices",
-              "machine": machine_info(torch.device("cpu")), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "machine": machine_info(torch.device(args.device)), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
               "summary": summary, "results": rows,
               "targets": {"cases_beaten": f"{len(beaten)}/{len(summary)}", "kt_gaussian_24x_psnr_gain_db": hi}}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -238,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slices", type=int, nargs="*", default=None, help="default: every slice")
     p.add_argument("--mask-seed", type=int, default=123)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (every method runs there)")
     p.add_argument("--cache", type=Path, default=ROOT / "build" / "recon_patient.jsonl")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = p.parse_args(argv)
