@@ -331,6 +331,8 @@ def test_cmrxrecon_mat_files_full_and_point_undersampled(scans: Path, tmp_path: 
     assert full["sampling"]["undersampling"] == "none" and full["r_effective"] == 1.0
     assert kus["sampling"]["undersampling"] == "prospective"
     assert kus["r_effective"] == pytest.approx(mask.size / mask.sum())
+    # its central points are not calibration lines: no ACS band, so the coil maps come from the time average
+    assert kus["sampling"]["acs_lines"] == 0 and kus["r_cmrxrecon"] == pytest.approx(kus["r_effective"])
     assert any("spacing" in n for n in kus["notes"])  # .mat files carry no geometry
     images, _ = read_ismrmrd_images(out / "cine_sax_zero-filled.images.h5")
     np.testing.assert_allclose(images, rss(ifft2c(torch.from_numpy(kspace))).numpy(), rtol=1e-4, atol=1e-6)

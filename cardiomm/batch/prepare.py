@@ -100,11 +100,16 @@ def calibration_lines(mask: torch.Tensor) -> int:
     Args:
         mask: bool ``[..., time, ky, kx]``.
     Returns:
-        The number of central ky lines (around ``ky // 2``) that every frame samples, or 0 if
-        that band is narrower than :data:`MIN_ACS_LINES`.
+        The number of central ky lines (around ``ky // 2``) that every frame samples whole (every
+        readout column that any line reaches, so partial echoes count and the points of a
+        point-wise pattern such as kt-radial do not), or 0 if that band is narrower than
+        :data:`MIN_ACS_LINES`.
     """
     ny = mask.shape[-2]
-    lines = mask.any(dim=-1).reshape(-1, ny).all(dim=0)  # [ky]: sampled in every frame
+    cols = mask.reshape(-1, mask.shape[-1]).any(dim=0)
+    if not bool(cols.any()):
+        return 0
+    lines = mask[..., cols].all(dim=-1).reshape(-1, ny).all(dim=0)  # [ky]: sampled whole in every frame
     c = ny // 2
     if not bool(lines[c]):
         return 0
