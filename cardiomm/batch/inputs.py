@@ -5,8 +5,9 @@ folders of them.  A folder contributes the raw files directly inside it (or, wit
 ``recursive=True``, anywhere below it), in sorted order; files that are outputs of a batch run
 (``*.images.h5``, see :data:`OUTPUT_IMAGE_SUFFIX`), CMRxRecon mask files (a ``.mat`` whose name
 contains ``mask``, e.g. ``cine_sax_mask_ktGaussian8.mat``) and hidden files are left out, so an
-output folder can sit inside an input folder and a CMRxRecon patient folder can be given whole.  Paths given explicitly are always kept, even if they do not exist or have
-another suffix: the run then reports them as failed inputs instead of silently dropping them.
+output folder can sit inside an input folder and a CMRxRecon patient folder can be given whole.
+Paths given explicitly are always kept, even if they do not exist or have another suffix: the
+run then reports them as failed inputs instead of silently dropping them.
 """
 
 from __future__ import annotations

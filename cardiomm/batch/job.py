@@ -210,6 +210,7 @@ class BatchJob:
         self, path: Path, outputs: OutputSet, base: dict[str, Any], on_slices: SliceCallback | None, t0: float
     ) -> dict[str, Any]:
         from cardiomm.data.ismrmrd_image import write_ismrmrd_images
+
         s = self.settings
         scan = prepare_scan(read_raw_scan(path), s.undersampling, path)
         engine = self.engine

@@ -94,6 +94,12 @@ class PreparedScan:
         return int(self.kspace.shape[0])
 
 
+def _readout_columns(mask: torch.Tensor) -> torch.Tensor:
+    """Bool ``[kx]``: the readout columns that any sample of ``mask [..., ky, kx]`` reaches (a partial
+    echo leaves the others out)."""
+    return mask.reshape(-1, mask.shape[-1]).any(dim=0)
+
+
 def calibration_lines(mask: torch.Tensor) -> int:
     """Width (ky lines) of the contiguous central band sampled in every frame of every slice.
 
@@ -106,7 +112,7 @@ def calibration_lines(mask: torch.Tensor) -> int:
         :data:`MIN_ACS_LINES`.
     """
     ny = mask.shape[-2]
-    cols = mask.reshape(-1, mask.shape[-1]).any(dim=0)
+    cols = _readout_columns(mask)
     if not bool(cols.any()):
         return 0
     lines = mask[..., cols].all(dim=-1).reshape(-1, ny).all(dim=0)  # [ky]: sampled whole in every frame
@@ -144,7 +150,7 @@ def _prospective_rates(
         calibration: bool ``[slice, time|1, ky, kx]``: every sample of the separately acquired
             calibration data (part of the calibration region), or None.
     """
-    cols = mask.any(dim=(0, 1, 2))  # kx columns reached by any line
+    cols = _readout_columns(mask)
     m = mask[..., cols]
     grid = m.numel()
     n_extra = 0 if extra is None else int(extra[..., cols].sum())
@@ -203,9 +209,9 @@ def prepare_scan(scan: KSpaceScan, undersampling: Undersampling | None, path: st
     n_sl, _, nt, ny, nx = kspace.shape
     file_mask = torch.as_tensor(np.asarray(scan.mask, dtype=bool)).expand(n_sl, nt, ny, nx)
     acs_kspace = None if scan.acs is None else torch.as_tensor(np.asarray(scan.acs)).to(torch.complex64)
-    # fully sampled: every sample of the readout columns that any line reaches (partial echo keeps
-    # its columns); point-wise patterns (CMRxRecon ktRadial) that touch every ky line are not
-    cols = file_mask.any(dim=(0, 1, 2))
+    # fully sampled: every sample of the readout columns that any line reaches; point-wise patterns
+    # (CMRxRecon ktRadial) that touch every ky line are not
+    cols = _readout_columns(file_mask)
     fully_sampled = bool(cols.any()) and bool(file_mask[..., cols].all())
 
     if undersampling is None:
