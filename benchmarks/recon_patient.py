@@ -167,7 +167,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def figure(rows: list[dict[str, Any]], path: Path) -> None:
+def figure(rows: list[dict[str, Any]], path: Path, reference: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -189,7 +189,7 @@ def figure(rows: list[dict[str, Any]], path: Path) -> None:
             ax.set_title(f"{pattern}: {'PSNR' if metric == 'psnr_db' else 'SSIM'}")
             ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8)
-    fig.suptitle("SCD0000301, every slice and frame, 256x256 (SIMULATED 10-coil acquisition)")
+    fig.suptitle(f"SCD0000301, every slice and frame, 256x256 (SIMULATED 10-coil acquisition); reference: {reference}")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
@@ -215,7 +215,7 @@ def write_outputs(case: dict[str, Any], rows: list[dict[str, Any]], args: argpar
     args.out.mkdir(parents=True, exist_ok=True)
     stem = output_stem(case["reference_kind"])
     write_json_atomic(args.out / f"{stem}.json", report)
-    figure(rows, args.out / f"{stem}.png")
+    figure(rows, args.out / f"{stem}.png", case["reference_kind"])
     lines = [
         f"# Whole-patient reconstruction benchmark (SIMULATED multi-coil data; reference: {case['reference_kind']})", "",
         f"![PSNR and SSIM vs R per method]({stem}.png)", "",
