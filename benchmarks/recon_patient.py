@@ -84,13 +84,20 @@ def load_patient(spec: str, slices: list[int] | None, reference: str = "fully-sa
 
 
 def read_cache(path: Path | None) -> list[dict[str, Any]]:
+    """The finished rows of ``path``; a line cut short by a crash is skipped (its row is recomputed)."""
     if path is None or not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
 
 
 def append_cache(path: Path | None, row: dict[str, Any]) -> None:
-    """One finished (pattern, R, method) as a JSON line (a line is written whole or, after a crash, ignored)."""
+    """One finished (pattern, R, method) as a JSON line (:func:`read_cache` skips one cut short by a crash)."""
     if path is None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
