@@ -19,13 +19,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cardiomm.data.sources import RAW_SUFFIXES  # ISMRMRD .h5/.mrd and CMRxRecon .mat: the data layer's list
+
 if TYPE_CHECKING:
     from cardiomm.data.metadata import KSpaceScan
 
 __all__ = ["OUTPUT_IMAGE_SUFFIX", "RAW_SUFFIXES", "discover_inputs", "output_names", "read_raw_scan"]
 
-#: Suffixes of raw-data files picked up from folders: ISMRMRD, then CMRxRecon MAT.
-RAW_SUFFIXES: tuple[str, ...] = (".h5", ".mrd", ".mat")
 #: Suffix of the ISMRMRD image files a batch run writes (never taken as an input from a folder).
 OUTPUT_IMAGE_SUFFIX = ".images.h5"
 
