@@ -47,7 +47,8 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
-from cardiomm_recon import LABELS, SPATIOTEMPORAL, mask_for, metrics_row  # benchmarks/ is the script's folder
+from cardiomm_recon import LABELS, mask_for, metrics_row  # benchmarks/ is the script's folder
+from cardiomm_recon import summarise as summarise_cases
 from machine import machine_info, machine_line
 
 from cardiomm.allocator import tune_cpu_allocator
@@ -157,20 +158,17 @@ def run(case: dict[str, Any], args: argparse.Namespace, checkpoint: Path) -> lis
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per pattern and R: CardioMM minus the best of view sharing, k-t SPARSE-SENSE and L+S."""
+    """Per pattern and R: CardioMM minus the best of view sharing, k-t SPARSE-SENSE and L+S
+    (:func:`cardiomm_recon.summarise` on the one patient), with the effective R and view sharing's PSNR."""
+    by_key = {(r["pattern"], r["requested_r"], r["method"]): r for r in rows}
     out = []
-    for pattern, accel in sorted({(r["pattern"], r["requested_r"]) for r in rows}):
-        sel = {r["method"]: r for r in rows if (r["pattern"], r["requested_r"]) == (pattern, accel)}
-        classical = [sel[m] for m in SPATIOTEMPORAL if m in sel]
-        if "cardiomm" not in sel or not classical:
-            continue
-        bp, bs, c = max(classical, key=lambda r: r["psnr_db"]), max(classical, key=lambda r: r["ssim"]), sel["cardiomm"]
-        out.append({"pattern": pattern, "requested_r": accel, "r_effective": c["r_effective"],
-                    "cardiomm_psnr_db": c["psnr_db"], "best_classical_psnr_db": bp["psnr_db"],
-                    "best_classical_psnr_method": bp["method"], "psnr_gain_db": round(c["psnr_db"] - bp["psnr_db"], 3),
-                    "cardiomm_ssim": c["ssim"], "best_classical_ssim": bs["ssim"],
-                    "best_classical_ssim_method": bs["method"], "ssim_gain": round(c["ssim"] - bs["ssim"], 4),
-                    "view_sharing_psnr_db": sel["view-sharing"]["psnr_db"] if "view-sharing" in sel else None})
+    for s in summarise_cases([{**r, "data": "SCD0000301"} for r in rows]):
+        key = (s["pattern"], s["requested_r"])
+        vs = by_key.get((*key, "view-sharing"))
+        out.append({"pattern": s["pattern"], "requested_r": s["requested_r"],
+                    "r_effective": by_key[(*key, "cardiomm")]["r_effective"],
+                    **{k: v for k, v in s.items() if k not in ("data", "pattern", "requested_r", "context_gain_psnr_db")},
+                    "view_sharing_psnr_db": None if vs is None else vs["psnr_db"]})
     return out
 
 

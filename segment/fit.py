@@ -69,13 +69,14 @@ def fit(cfg: dict[str, Any]) -> Path:
     if n_members < 1:
         raise ValueError(f"train.members must be >= 1, got {n_members}")
     cache = load_caches(cache_dirs(cfg))  # into RAM
+    init_state = _initial_state(tcfg)  # read once, not once per member
     t0 = time.perf_counter()
     states, logs = [], []
     for member in range(n_members):
         if member:  # member 0 keeps the seeds of a single run (main() seeded torch with cfg["seed"])
             torch.manual_seed(int(np.random.SeedSequence([cfg["seed"], member]).generate_state(1)[0]))
         rng = np.random.default_rng(cfg["seed"] if member == 0 else [cfg["seed"], member])
-        model, log = _fit_one(cache, cfg, rng, f"training cardiac decoder {member + 1}/{n_members}")
+        model, log = _fit_one(cache, cfg, rng, f"training cardiac decoder {member + 1}/{n_members}", init_state)
         states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         logs.append(log)
     out_path = Path(cfg["output"])
@@ -91,24 +92,37 @@ def fit(cfg: dict[str, Any]) -> Path:
     return out_path
 
 
-def _fit_one(cache: dict[str, Any], cfg: dict[str, Any], rng: np.random.Generator,
-             description: str) -> tuple[CardiacDecoder, list[dict[str, float]]]:
-    """One decoder trained on the loaded caches; returns it and its per-epoch log."""
+def _initial_state(tcfg: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+    """The state dict of ``train.init_weights`` (fine-tuning), or None to start from random weights.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: it is not cardiac decoder weights, or holds an ensemble.
+    """
+    if not tcfg.get("init_weights"):
+        return None
+    init_path = Path(tcfg["init_weights"])
+    if not init_path.is_file():
+        raise FileNotFoundError(f"train.init_weights: {init_path} not found")
+    init = decoder_from_payload(torch.load(init_path, map_location="cpu", weights_only=False),
+                                f"train.init_weights: {init_path}")
+    if isinstance(init, DecoderEnsemble):
+        raise ValueError(f"train.init_weights: {init_path} holds an ensemble; start from one decoder")
+    return init.state_dict()
+
+
+def _fit_one(cache: dict[str, Any], cfg: dict[str, Any], rng: np.random.Generator, description: str,
+             init_state: dict[str, torch.Tensor] | None = None) -> tuple[CardiacDecoder, list[dict[str, float]]]:
+    """One decoder trained on the loaded caches (from ``init_state`` when given); returns it and its per-epoch log."""
     from rich.progress import Progress
 
     tcfg, mcfg = cfg["train"], cfg["model"]
     n = len(cache["weights"])
     model = CardiacDecoder(**mcfg)
-    if tcfg.get("init_weights"):  # fine-tune: start from earlier decoder weights of the same shape
+    if init_state is not None:  # fine-tune: start from earlier decoder weights of the same shape
         init_path = Path(tcfg["init_weights"])
-        if not init_path.is_file():
-            raise FileNotFoundError(f"train.init_weights: {init_path} not found")
-        init = decoder_from_payload(torch.load(init_path, map_location="cpu", weights_only=False),
-                                    f"train.init_weights: {init_path}")
-        if isinstance(init, DecoderEnsemble):
-            raise ValueError(f"train.init_weights: {init_path} holds an ensemble; start from one decoder")
         try:
-            model.load_state_dict(init.state_dict())
+            model.load_state_dict(init_state)
         except RuntimeError as err:
             raise ValueError(f"train.init_weights: {init_path} is not CardiacDecoder weights for model {dict(mcfg)}: "
                              f"{str(err).splitlines()[0]}") from None
