@@ -212,6 +212,38 @@ def test_kspace_and_target_match_the_fully_sampled_data(train_ds):
         assert scale == pytest.approx(normalisation_scale(item["kspace"] * scale, mask), rel=1e-5)
 
 
+@pytest.mark.parametrize("crop, frame_mode", [((80, 104), "crop"), (None, "resample")])
+def test_noise_free_reference_is_the_noiseless_simulation(crop, frame_mode):
+    """``reference="noise_free"``: same k-space as the default, target = RSS of the noiseless simulation
+    brought through the same frame window / resampling and crop."""
+    kw = dict(n_coils=NC, deterministic=True, seed=1, crop=crop, frames=5, frame_mode=frame_mode)
+    clean = CineSliceDataset([phantom_spec(3)], reference="noise_free", **kw)[2]
+    noisy = CineSliceDataset([phantom_spec(3)], **kw)[2]
+    noiseless = CineSliceDataset([phantom_spec(3)], snr_db=None, **kw)[2]
+    assert clean["reference"] == "noise_free" and noisy["reference"] == "fully_sampled"
+    assert torch.equal(clean["kspace"], noisy["kspace"]) and torch.equal(clean["mask"], noisy["mask"])
+    truth = noiseless["target"] * noiseless["scale"]
+    assert torch.allclose(clean["target"] * clean["scale"], truth, rtol=1e-4, atol=1e-5 * float(truth.max()))
+    assert float(clean["max_value"]) == pytest.approx(float(clean["target"].max()))
+    # the noisy reference differs from the truth by the noise (30 dB): about 3 % of the signal
+    err = float(((noisy["target"] - clean["target"]).abs().mean() / clean["target"].mean()))
+    assert 0.005 < err < 0.2
+
+
+def test_noise_free_reference_falls_back_for_measured_kspace(tmp_path):
+    phantom = make_phantom(7, n_slices=6, n_frames=NT, matrix=(NY, NX), pixel_spacing_mm=(3.0, 3.0))
+    write_simulated_scan(tmp_path / "scan.h5", simulate_kspace(phantom, n_coils=NC, seed=0, snr_db=20.0))
+    full = load_source(tmp_path / "scan.h5")
+    assert full.noise_free is None  # a k-space file holds no truth
+    item = CineSliceDataset([str(tmp_path / "scan.h5")], reference="noise_free", deterministic=True)[1]
+    assert item["reference"] == "fully_sampled"
+    assert torch.allclose(item["target"] * item["scale"], rss(ifft2c(full.kspace[1])), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="reference"):
+        CineSliceDataset([phantom_spec(1)], reference="clean")
+    with pytest.raises(ValueError, match="reference"):
+        CineDataModule(train_sources=[phantom_spec(1)], reference="truth")
+
+
 def test_achieved_acceleration_matches_the_draw(train_ds):
     seen = set()
     for i in range(12):

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import lightning
 from torch.utils.data import DataLoader
 
-from cardiomm.data.datasets import CineSliceDataset, SourceGroupedSampler, collate_cine
+from cardiomm.data.datasets import REFERENCES, CineSliceDataset, SourceGroupedSampler, collate_cine
 from cardiomm.data.sources import expand_sources
 from recon.masks import PATTERNS
 
@@ -61,6 +61,8 @@ class CineDataModule(lightning.LightningDataModule):
         seed: seed of simulations, deterministic masks and the training order.
         cache_size: opened sources kept per worker.
         pin_memory: pin batches in page-locked memory (for GPU training).
+        reference: the training and validation target, ``"fully_sampled"`` or ``"noise_free"``
+            (the noiseless truth of simulated sources; see :class:`CineSliceDataset`).
     """
 
     def __init__(
@@ -84,12 +86,15 @@ class CineDataModule(lightning.LightningDataModule):
         seed: int = 0,
         cache_size: int = 2,
         pin_memory: bool = False,
+        reference: str = "fully_sampled",
     ) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if reference not in REFERENCES:
+            raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}")
         self.save_hyperparameters()
         self.train_sources = list(train_sources or [])
         if train_source_repeats is not None and len(train_source_repeats) != len(self.train_sources):
@@ -115,6 +120,7 @@ class CineDataModule(lightning.LightningDataModule):
         self.seed = seed
         self.cache_size = cache_size
         self.pin_memory = pin_memory
+        self.reference = reference
         self.train_dataset: CineSliceDataset | None = None
         self.val_dataset: CineSliceDataset | None = None
         self.test_dataset: CineSliceDataset | None = None
@@ -135,6 +141,7 @@ class CineDataModule(lightning.LightningDataModule):
             snr_db=self.snr_db,
             seed=seed,
             cache_size=self.cache_size,
+            reference=self.reference,
         )
 
     def setup(self, stage: str | None = None) -> None:

@@ -11,9 +11,13 @@ key            value
 ``mask``       bool ``[time, ky, kx]``, True where sampled
 ``acs``        bool ``[time, ky, kx]``: the per-frame calibration region (all False when the
                mask has none and coil maps must come from the time-averaged k-space)
-``target``     float32 ``[time, y, x]``: the magnitude reference = root-sum-of-squares over
-               coils of the *fully sampled* coil images ``rss(ifft2c(kspace_full))`` (noise
-               included, as in fastMRI / CMRxRecon), divided by ``scale``
+``target``     float32 ``[time, y, x]``: the magnitude reference, divided by ``scale``; with
+               ``reference="fully_sampled"`` (default) the root-sum-of-squares over coils of
+               the *fully sampled* coil images ``rss(ifft2c(kspace_full))`` (noise included, as
+               in fastMRI / CMRxRecon); with ``reference="noise_free"`` the RSS of the noiseless
+               coil images where the source is simulated (DICOM, phantom: the truth), and the
+               fully sampled RSS where it is measured k-space (which has no noise-free truth)
+``reference``  which of the two ``target`` is: ``"noise_free"`` or ``"fully_sampled"``
 ``labels``     uint8 ``[time, y, x]``: segmentation labels, 255 (``LABEL_IGNORE``) where unknown
 ``context``    dict: ``modality``, ``view``, ``field_strength_t``, ``vendor``, ``n_coils``,
                ``r_effective``, ``r_cmrxrecon``, ``pattern``, ``calibration`` (None when unknown)
@@ -82,6 +86,7 @@ from recon.masks import CONVENTIONS, PATTERNS, SamplingMask, make_mask
 __all__ = [
     "CONTEXT_KEYS",
     "FRAME_MODES",
+    "REFERENCES",
     "CineSliceDataset",
     "SourceGroupedSampler",
     "collate_cine",
@@ -100,6 +105,8 @@ CONTEXT_KEYS: tuple[str, ...] = (
     "pattern",
     "calibration",
 )
+#: What ``item["target"]`` is (see the module docstring).
+REFERENCES: tuple[str, ...] = ("fully_sampled", "noise_free")
 #: How ``frames`` is reached: ``crop`` a cyclic window of consecutive frames (Fourier-resample
 #: when the scan has fewer), or always ``resample`` the whole cycle in time (Fourier).
 FRAME_MODES: tuple[str, ...] = ("crop", "resample")
@@ -171,6 +178,10 @@ class CineSliceDataset(Dataset):
         seed: seed of simulations and of the mask draws.
         cache_size: opened sources kept per worker.
         normalize: divide k-space and target by :func:`normalisation_scale` (``scale`` = 1 when False).
+        reference: what ``target`` is, one of :data:`REFERENCES`: ``"fully_sampled"`` (the RSS of
+            the fully sampled data, noise included) or ``"noise_free"`` (the noiseless truth of
+            simulated sources; measured k-space keeps the fully sampled RSS).  A network trained
+            against a noisy target learns to keep the noise of the samples it is given.
     """
 
     def __init__(
@@ -192,8 +203,12 @@ class CineSliceDataset(Dataset):
         seed: int = 0,
         cache_size: int = 2,
         normalize: bool = True,
+        reference: str = "fully_sampled",
     ) -> None:
         super().__init__()
+        if reference not in REFERENCES:
+            raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}")
+        self.reference = reference
         if isinstance(patterns, str):
             patterns = (patterns,)
         self.patterns = tuple(patterns)
@@ -350,14 +365,21 @@ class CineSliceDataset(Dataset):
         k = source.kspace[0]  # [coil, time, ky, kx]
         labels = None if source.labels is None else source.labels[0]
         rng = self._generator(index)
+        reference = "noise_free" if self.reference == "noise_free" and source.noise_free is not None else "fully_sampled"
+        if reference == "noise_free":  # one more "coil" holding the truth: frames and crop treat it like the data
+            k = torch.cat([k, fft2c(source.noise_free[0])[None]])
 
         k, labels = self._to_frames(k, labels, rng)
         k, labels = self._crop(k, labels)
+        if reference == "noise_free":
+            k, truth = k[:-1], k[-1]
+            target = ifft2c(truth).abs().to(torch.float32)
+        else:
+            target = rss(ifft2c(k)).to(torch.float32)
         _, t, ny, nx = k.shape
         m, accel = self._draw_mask(rng, (int(t), int(ny), int(nx)), f"{spec} slice {s} {shape_str(k.shape)}")
         mask = m.mask
         kus = k * mask
-        target = rss(ifft2c(k)).to(torch.float32)
         scale = normalisation_scale(kus, mask) if self.normalize else 1.0
         kus = (kus / scale).to(torch.complex64)
         target = target / scale
@@ -380,6 +402,7 @@ class CineSliceDataset(Dataset):
             "mask": mask,
             "acs": m.acs if m.acs is not None else torch.zeros_like(mask),
             "target": target.contiguous(),
+            "reference": reference,
             "labels": labels.contiguous(),
             "context": context,
             "scale": torch.tensor(scale, dtype=torch.float32),

@@ -125,6 +125,10 @@ class CineSource:
         spec: the source spec this came from.
         slice_indices: index in the whole scan of every slice held (``[slice]``).
         label_classes: label values that were annotated (see the module docstring), or None.
+        noise_free: complex64 ``[slice, time, y, x]``, the noiseless complex image of a simulated
+            source (its coil maps have unit RSS, so ``|noise_free|`` is the RSS of the noiseless
+            coil images: the truth a simulated reconstruction can be scored against), or None
+            for measured k-space.
     """
 
     kspace: torch.Tensor
@@ -134,6 +138,7 @@ class CineSource:
     spec: str = ""
     slice_indices: tuple[int, ...] = ()
     label_classes: tuple[int, ...] | None = None
+    noise_free: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.kspace, torch.Tensor) or self.kspace.dtype != torch.complex64 or self.kspace.ndim != 5:
@@ -146,6 +151,13 @@ class CineSource:
             raise ValueError(
                 f"CineSource.labels must be uint8 [slice, time, y, x] = {[s, t, ny, nx]}, got "
                 f"{self.labels.dtype} {list(self.labels.shape)} ({self.spec})"
+            )
+        if self.noise_free is not None and (
+            self.noise_free.dtype != torch.complex64 or tuple(self.noise_free.shape) != (s, t, ny, nx)
+        ):
+            raise ValueError(
+                f"CineSource.noise_free must be complex64 [slice, time, y, x] = {[s, t, ny, nx]}, got "
+                f"{self.noise_free.dtype} {list(self.noise_free.shape)} ({self.spec})"
             )
         if not self.slice_indices:
             self.slice_indices = tuple(range(s))
@@ -345,6 +357,7 @@ class _KSpaceSource(OpenedSource):
             spec=src.spec,
             slice_indices=tuple(src.slice_indices[i] for i in idx),
             label_classes=src.label_classes,
+            noise_free=None if src.noise_free is None else src.noise_free[idx],
         )
 
 
@@ -431,6 +444,7 @@ class _SimulatedSource(OpenedSource):
             spec=self.spec,
             slice_indices=tuple(idx),
             label_classes=self.label_classes,
+            noise_free=torch.stack([a.image[0] for a in sims]).to(torch.complex64),
         )
 
 
