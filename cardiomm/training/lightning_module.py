@@ -21,7 +21,7 @@ import math
 from typing import Any, Literal
 
 import lightning
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 import numpy as np
 import torch
 
@@ -161,7 +161,14 @@ class CardioMMModule(lightning.LightningModule):
     def setup(self, stage: str) -> None:
         """Before ``fit``: copy the weights of ``init_weights`` (a ``--ckpt_path`` restore comes later and wins)."""
         init_weights = self.hparams.init_weights
-        if stage != "fit" or init_weights is None:
+        if init_weights is None:
+            return
+        if stage != "fit":
+            if self._trainer is not None and not self.trainer.ckpt_path:
+                rank_zero_warn(
+                    f"init_weights {init_weights} is applied only by fit; this {stage} uses the module's current "
+                    "weights (give --ckpt_path FILE to evaluate a checkpoint)"
+                )
             return
         if self._trainer is not None and self.trainer.ckpt_path:
             rank_zero_info(f"init_weights {init_weights} not used: resuming from {self.trainer.ckpt_path}")
