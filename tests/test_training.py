@@ -241,7 +241,8 @@ def test_train_command_passes_everything_to_the_lightning_cli(monkeypatch: pytes
 def test_shipped_configs_parse() -> None:
     from cardiomm.training.cli import run_cli
 
-    fine_tunes = ["small_cpu.yaml", "small_cpu_view_sharing.yaml", "small_cpu_finetune_real.yaml", "small_cpu_gated.yaml"]
+    fine_tunes = ["small_cpu.yaml", "small_cpu_view_sharing.yaml", "small_cpu_finetune_real.yaml", "small_cpu_gated.yaml",
+                  "small_cpu_noise_free.yaml"]
     for configs in (["tiny.yaml"], ["small_cpu.yaml"], fine_tunes, ["base.yaml"], ["base.yaml", "ddp.yaml"]):
         args = ["fit"]
         for name in configs:
