@@ -77,10 +77,11 @@ def load_patient(spec: str, slices: list[int] | None, reference: str = "fully-sa
     source = open_source(spec, n_coils=10, seed=0, snr_db=30.0)
     index = list(range(source.n_slices)) if slices is None else slices
     loaded = source.load(index)
-    truth = loaded.kspace
-    if reference == "noise-free":  # the same coils, phase and seed, no noise
-        truth = open_source(spec, n_coils=10, seed=0, snr_db=None).load(index).kspace
-    return {"kspace": loaded.kspace, "reference": rss(ifft2c(truth)), "reference_kind": reference,
+    if reference == "noise-free":  # the simulation's noiseless image: the RSS of its noiseless coil images
+        truth = loaded.noise_free.abs()
+    else:
+        truth = rss(ifft2c(loaded.kspace))
+    return {"kspace": loaded.kspace, "reference": truth, "reference_kind": reference,
             "metadata": loaded.metadata, "slices": index, "spec": spec}
 
 
