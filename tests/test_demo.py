@@ -34,6 +34,9 @@ def test_demo_writes_report_with_truth_and_both_methods(tmp_path, fast_segmenter
         assert r["r_effective"] == pytest.approx(24, rel=0.05) and r["pattern"] == "kt_gaussian"
         assert set(r["biomarkers"]) >= {"lvedv_ml", "lvef_percent", "lv_mass_g"}
     assert report["true_biomarkers"]["lvedv_ml"] > 0
+    # images are also scored against the simulation's noiseless truth, the reference included
+    assert all(r["image_vs_noise_free"]["psnr_db"] is not None for r in runs)
+    assert report["reference_vs_noise_free"]["psnr_db"] > runs[1]["image_vs_noise_free"]["psnr_db"]
     html = (out / "report.html").read_text()
     assert "truth (phantom)" in html and "data:image/png;base64," in html and "CardioMM" in html
 

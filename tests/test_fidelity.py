@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -15,6 +16,7 @@ from cardiomm.fidelity import report as rep
 from cardiomm.fidelity.runner import BIOMARKERS, load_case, run_fidelity
 from conftest import BrightnessSegmenter
 from recon.conventions import ifft2c, rss
+from recon.metrics import image_metrics
 
 SPEC = "phantom:7?n_slices=4&n_frames=6&matrix=64x64&pixel_spacing_mm=4.5&slice_thickness_mm=12"
 
@@ -105,7 +107,24 @@ def test_runner_identity_has_no_error_and_zero_filled_degrades(case, tmp_path):
         assert path.stat().st_size > 1000 and path.read_bytes()[:4] == b"\x89PNG"
     header, rows = rep.summary_table_rows(result)
     assert len(rows) == 4 and all(len(r) == len(header) for r in rows)
+    assert "PSNR dB vs noise-free" in header  # a simulated case is also scored against its truth
     assert "<table>" in rep.html_table(header, rows)
+
+
+def test_simulated_cases_are_also_scored_against_the_noise_free_truth(case):
+    """The identity method returns the noisy fully sampled image: perfect against the reference, and exactly the
+    reference's own error against the noiseless simulation."""
+    noiseless = load_case(SPEC, n_coils=4, seed=1, snr_db=None)
+    assert case.noise_free is not None and case.noise_free.shape == case.reference.shape
+    np.testing.assert_allclose(case.noise_free, noiseless.reference, rtol=0, atol=1e-5 * float(noiseless.reference.max()))
+    result = run_fidelity([case], [identity_method()], BrightnessSegmenter(), accels=[8], patterns=["kt_gaussian"])
+    truth_scores = result.runs[0]["image_vs_noise_free"]
+    expected = [image_metrics(noiseless.reference[s], case.reference[s]) for s in range(case.reference.shape[0])]
+    assert truth_scores["psnr_db"] == pytest.approx(np.mean([m.psnr_db for m in expected]), rel=1e-4)
+    assert 15 < truth_scores["psnr_db"] < 60 and truth_scores["ssim"] < 1
+    assert result.summary()[0]["psnr_db_noise_free"] == pytest.approx(truth_scores["psnr_db"])
+    with pytest.raises(ValueError, match="noise_free"):
+        dataclasses.replace(case, noise_free=case.noise_free[:, :2])
 
 
 def test_ed_es_mode_segments_two_frames_and_scores_at_reference_frames(case):

@@ -97,7 +97,9 @@ def run_fidelity_command(args: argparse.Namespace) -> int:
     report["segmenter"] = describe_segmenter(segmenter)
     report["methods"] = [m.description for m in methods]
     report["notes"] = ("Reference: RSS of the fully sampled k-space, segmented by the same segmenter. Sources marked "
-                       "simulated are SIMULATED multi-coil acquisitions. Biomarker errors are method minus reference; "
+                       "simulated are SIMULATED multi-coil acquisitions; their images are also scored against the "
+                       "noiseless simulation (columns 'vs noise-free'), because the fully sampled reference carries "
+                       "the noise of the samples every method keeps. Biomarker errors are method minus reference; "
                        "limits of agreement are bias -/+ 1.96 SD over cases.")
     write_json_atomic(out / "fidelity.json", report)
     figures = [rep.error_vs_r_figure(result, out / "fidelity_error_vs_r.png"),

@@ -14,8 +14,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
+from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,16 +43,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def noise_free_as_read(raw_path: Path, acq: Any) -> Any:
+    """The truth of a simulated scan in the units of its raw file as read back, float32 ``[slice, time, y, x]``.
+
+    The raw file cannot hold the noiseless image, and the reader whitens the coils with the file's
+    noise scan, so the truth is the RSS of the *whitened* noiseless coil images ``W (S x)``
+    (``acq``: the :class:`~cardiomm.data.simulate.SimulatedAcquisition` written to ``raw_path``,
+    without readout oversampling).
+    """
+    import numpy as np
+    import torch
+
+    from cardiomm.data.ismrmrd_raw import prewhitening_matrix, read_ismrmrd_raw
+    from recon.conventions import rss
+
+    scan = read_ismrmrd_raw(raw_path)
+    coils = acq.sens[None, :, None] * acq.image[:, None]  # [slice, coil, time, y, x]
+    if scan.prewhitened:
+        w = prewhitening_matrix(scan.noise_covariance, scan.metadata.extra["ismrmrd"]["prewhitening_scale"])
+        coils = torch.einsum("cd,sdtyx->sctyx", torch.from_numpy(w).to(torch.complex64), coils)
+    return rss(coils, dim=1).numpy().astype(np.float32)
+
+
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
+
+    import numpy as np
 
     from cardiomm.atomic import write_json_atomic, write_text_atomic
     from cardiomm.data.phantom import make_phantom
     from cardiomm.data.simulate import simulate_kspace, write_simulated_scan
     from cardiomm.demo_report import demo_html, demo_markdown, demo_tables, images_figure, volume_figure
     from cardiomm.fidelity.methods import METHOD_LABELS, make_method
-    from cardiomm.fidelity.runner import describe_segmenter, load_case, run_fidelity
+    from cardiomm.fidelity.runner import describe_segmenter, image_scores, load_case, run_fidelity
     from cardiomm.machine import machine_info, machine_line
     from segment.segmenter import CardiacSegmenter
 
@@ -72,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
     console.print(f"[bold]2/5[/] reading {raw_path} back (ISMRMRD), undersampling {args.pattern} R={args.accel:g}")
     case = load_case(str(raw_path), name=f"phantom seed {args.seed}")
+    case = dataclasses.replace(case, noise_free=noise_free_as_read(raw_path, acq))
 
     console.print(f"[bold]3/5[/] loading CardioMM and the segmenter; reconstructing with CardioMM and {args.baseline}")
     methods = [make_method("cardiomm", args.device, checkpoint=args.checkpoint), make_method(args.baseline, args.device)]
@@ -88,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         "raw_file": str(raw_path),
         "true_biomarkers": truth,
         "fidelity": result.to_dict(),
+        "reference_vs_noise_free": image_scores(case.noise_free, case.reference),
         "segmenter": describe_segmenter(segmenter),
         "machine": machine_info(methods[0].device),
         "methods": {m.name: METHOD_LABELS.get(m.name, m.name) for m in methods},

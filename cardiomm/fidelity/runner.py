@@ -8,6 +8,8 @@ acceleration R and method the k-space is undersampled retrospectively (:func:`re
 R effective), reconstructed, segmented, and scored against the reference:
 
 * image: PSNR / SSIM / NMSE per slice (volume normalisation of :mod:`recon.metrics`), averaged;
+  for simulated sources also against the noiseless simulation (``image_vs_noise_free``), since
+  the fully sampled reference carries the noise of the very samples a method keeps;
 * segmentation: Dice per class over the whole stack versus the reference segmentation;
 * biomarkers (:func:`segment.biomarkers.compute_biomarkers`):
   LVEDV, LVESV, LVEF, LV mass, RVEDV, RVEF, as differences ``method - reference``; across cases
@@ -85,6 +87,8 @@ class FidelityCase:
         metadata: the scan's metadata (spacing in mm).
         labels: true labels ``[slice, time, y, x]`` (phantom) or manual ones, or None.
         truth: true biomarkers of the scan (phantom), or None.
+        noise_free: float32 ``[slice, time, y, x]``, the noiseless magnitude of a simulated scan (the
+            truth the images are also scored against, as ``image_vs_noise_free``), or None.
     """
 
     name: str
@@ -94,6 +98,12 @@ class FidelityCase:
     metadata: ScanMetadata
     labels: np.ndarray | None = None
     truth: dict[str, Any] | None = None
+    noise_free: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.noise_free is not None and self.noise_free.shape != self.reference.shape:
+            raise ValueError(f"{self.spec}: noise_free image {list(self.noise_free.shape)} does not match the "
+                             f"reference {list(self.reference.shape)}")
 
     @property
     def pixel_spacing_mm(self) -> tuple[float, float]:
@@ -142,7 +152,8 @@ def load_case(
     reference = rss(ifft2c(src.kspace)).numpy().astype(np.float32)
     labels = None if src.labels is None else src.labels.numpy()
     truth = src.truth if slices is None else None  # the truth is for the whole scan
-    return FidelityCase(name or _short_name(spec), spec, src.kspace, reference, src.metadata, labels, truth)
+    noise_free = None if src.noise_free is None else src.noise_free.abs().numpy().astype(np.float32)
+    return FidelityCase(name or _short_name(spec), spec, src.kspace, reference, src.metadata, labels, truth, noise_free)
 
 
 def _short_name(spec: str) -> str:
@@ -214,6 +225,8 @@ class FidelityResult:
                 "psnr_db": _mean([r["image"]["psnr_db"] for r in runs]),
                 "ssim": _mean([r["image"]["ssim"] for r in runs]),
                 "nmse": _mean([r["image"]["nmse"] for r in runs]),
+                "psnr_db_noise_free": _mean([(r.get("image_vs_noise_free") or {}).get("psnr_db") for r in runs]),
+                "ssim_noise_free": _mean([(r.get("image_vs_noise_free") or {}).get("ssim") for r in runs]),
                 "seconds_per_slice": _mean([r["seconds_per_slice"] for r in runs]),
                 "dice": {k: _mean([r["dice_vs_reference"][k] for r in runs]) for k in ("lv", "myo", "rv")},
                 "bland_altman": {},
@@ -227,6 +240,17 @@ class FidelityResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"cases": self.cases, "runs": self.runs, "summary": self.summary(), "seconds_total": self.seconds_total}
+
+
+def image_scores(reference: np.ndarray, magnitude: np.ndarray) -> dict[str, Any]:
+    """PSNR / SSIM / NMSE of ``magnitude`` against ``reference`` (both ``[slice, time, y, x]``), per slice, averaged."""
+    per_slice = [image_metrics(reference[s], magnitude[s]) for s in range(magnitude.shape[0])]
+    return {
+        "psnr_db": _mean([_finite(m.psnr_db) for m in per_slice]),
+        "ssim": _mean([_finite(m.ssim) for m in per_slice]),
+        "nmse": _mean([_finite(m.nmse) for m in per_slice]),
+        "normalization": per_slice[0].normalization,
+    }
 
 
 def run_fidelity(
@@ -299,7 +323,7 @@ def run_fidelity(
                     magnitude = images.abs().numpy().astype(np.float32)
                     labels = case.segment(segmenter, magnitude[:, pick])
                     bio = _biomarkers(labels, case, ed_es)
-                    per_slice = [image_metrics(case.reference[s], magnitude[s]) for s in range(magnitude.shape[0])]
+                    image = image_scores(case.reference, magnitude)
                     run = {
                         "case": case.name,
                         "method": runner.name,
@@ -308,12 +332,9 @@ def run_fidelity(
                         "r_effective": sampling.r_effective,
                         "r_cmrxrecon": sampling.r_cmrxrecon,
                         "calibration": sampling.calibration,
-                        "image": {
-                            "psnr_db": _mean([_finite(m.psnr_db) for m in per_slice]),
-                            "ssim": _mean([_finite(m.ssim) for m in per_slice]),
-                            "nmse": _mean([_finite(m.nmse) for m in per_slice]),
-                            "normalization": per_slice[0].normalization,
-                        },
+                        "image": image,
+                        "image_vs_noise_free": None if case.noise_free is None
+                        else image_scores(case.noise_free, magnitude),
                         "dice_vs_reference": dice_per_class(ref_labels, labels),
                         "dice_vs_labels": None if true_labels is None else dice_per_class(true_labels, labels, ignore=LABEL_IGNORE),
                         "biomarkers": bio,
