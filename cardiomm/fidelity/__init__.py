@@ -2,7 +2,7 @@
 
 * :mod:`cardiomm.fidelity.methods`: every reconstruction method behind one call;
 * :mod:`cardiomm.fidelity.runner`: undersample -> reconstruct -> segment -> biomarkers, scored
-  against the fully sampled reference;
+  against the fully sampled reference (the images of simulated scans also against their noiseless truth);
 * :mod:`cardiomm.fidelity.agreement`: Dice per class, Bland-Altman statistics;
 * :mod:`cardiomm.fidelity.report`: figures, HTML and Markdown.
 """
