@@ -13,6 +13,7 @@ import torch
 from cardiomm.data.phantom import make_phantom
 from cardiomm.data.simulate import (
     noise_covariance_matrix,
+    noise_free_as_read,
     signal_region,
     simulate_kspace,
     write_simulated_scan,
@@ -232,6 +233,24 @@ def test_write_simulated_scan_round_trips_through_the_ismrmrd_reader(tmp_path, p
     assert cropped.kspace.shape[-1] == phantom.images.shape[-1]
     recovered = _combine(torch.from_numpy(cropped.kspace), acq.sens)
     assert (recovered - acq.image).abs().max() < 1e-4
+
+
+def test_noise_free_as_read_is_the_truth_on_the_whitened_scale(tmp_path, phantom):
+    from cardiomm.data.sources import load_source
+    from recon.metrics import image_metrics
+
+    clean = simulate_kspace(phantom, n_coils=4, seed=0, snr_db=None)
+    write_simulated_scan(tmp_path / "clean.h5", clean)
+    reference = rss(ifft2c(load_source(tmp_path / "clean.h5").kspace), dim=1).numpy()
+    np.testing.assert_allclose(noise_free_as_read(tmp_path / "clean.h5", clean), reference, rtol=0,
+                               atol=1e-5 * float(reference.max()))  # no noise scan: nothing is whitened
+    noisy = simulate_kspace(phantom, n_coils=4, seed=0, snr_db=30.0)
+    write_simulated_scan(tmp_path / "noisy.h5", noisy)
+    truth = noise_free_as_read(tmp_path / "noisy.h5", noisy)
+    read_back = rss(ifft2c(load_source(tmp_path / "noisy.h5").kspace), dim=1).numpy()
+    assert float(np.abs(read_back).max()) > 5 * float(np.abs(reference).max())  # whitening changed the scale...
+    psnr = image_metrics(truth[2], read_back[2]).psnr_db  # ...and the truth follows it: off by the 30 dB noise only
+    assert 25 < psnr < 45
 
 
 def test_written_noise_scan_gives_the_noise_covariance(tmp_path, phantom):

@@ -17,7 +17,6 @@ import argparse
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,28 +42,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def noise_free_as_read(raw_path: Path, acq: Any) -> Any:
-    """The truth of a simulated scan in the units of its raw file as read back, float32 ``[slice, time, y, x]``.
-
-    The raw file cannot hold the noiseless image, and the reader whitens the coils with the file's
-    noise scan, so the truth is the RSS of the *whitened* noiseless coil images ``W (S x)``
-    (``acq``: the :class:`~cardiomm.data.simulate.SimulatedAcquisition` written to ``raw_path``,
-    without readout oversampling).
-    """
-    import numpy as np
-    import torch
-
-    from cardiomm.data.ismrmrd_raw import prewhitening_matrix, read_ismrmrd_raw
-    from recon.conventions import rss
-
-    scan = read_ismrmrd_raw(raw_path)
-    coils = acq.sens[None, :, None] * acq.image[:, None]  # [slice, coil, time, y, x]
-    if scan.prewhitened:
-        w = prewhitening_matrix(scan.noise_covariance, scan.metadata.extra["ismrmrd"]["prewhitening_scale"])
-        coils = torch.einsum("cd,sdtyx->sctyx", torch.from_numpy(w).to(torch.complex64), coils)
-    return rss(coils, dim=1).numpy().astype(np.float32)
-
-
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -73,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     from cardiomm.atomic import write_json_atomic, write_text_atomic
     from cardiomm.data.phantom import make_phantom
-    from cardiomm.data.simulate import simulate_kspace, write_simulated_scan
+    from cardiomm.data.simulate import noise_free_as_read, simulate_kspace, write_simulated_scan
     from cardiomm.demo_report import demo_html, demo_markdown, demo_tables, images_figure, volume_figure
     from cardiomm.fidelity.methods import METHOD_LABELS, make_method
     from cardiomm.fidelity.runner import describe_segmenter, image_scores, load_case, run_fidelity

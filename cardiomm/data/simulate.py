@@ -45,7 +45,7 @@ import torch
 from cardiomm.atomic import atomic_path, write_json_atomic
 from cardiomm.data.metadata import KSpaceScan, ScanMetadata
 from cardiomm.data.phantom import PhantomCine
-from recon.conventions import as_complex_tensor, shape_str
+from recon.conventions import as_complex_tensor, rss, shape_str
 from recon.coil_simulation import COIL_KINDS, normalize_maps, simulate_coil_maps
 from recon.operators import SenseOp
 from segment.biomarkers import CardiacBiomarkers
@@ -58,6 +58,7 @@ __all__ = [
     "noise_covariance_matrix",
     "signal_region",
     "write_simulated_scan",
+    "noise_free_as_read",
 ]
 
 PHASE_KINDS: tuple[str, ...] = ("smooth", "none")
@@ -466,3 +467,23 @@ def write_simulated_scan(
             np.savez_compressed(tmp, image=acquisition.image.numpy(), sens=acquisition.sens.numpy())
         written["ground_truth"] = out
     return written
+
+
+def noise_free_as_read(path: str | os.PathLike[str], acquisition: SimulatedAcquisition) -> np.ndarray:
+    """The truth of a simulated scan in the units of its raw file as read back, float32 ``[slice, time, y, x]``.
+
+    A raw file written by :func:`write_simulated_scan` cannot hold the noiseless image, and
+    :func:`~cardiomm.data.ismrmrd_raw.read_ismrmrd_raw` whitens the coils with the file's noise
+    scan, so the truth on the read-back scale is the RSS of the *whitened* noiseless coil images
+    ``W (S x)``.  ``acquisition`` is what was written to ``path`` (without readout oversampling).
+    """
+    from cardiomm.data.ismrmrd_raw import prewhitening_matrix, read_ismrmrd_raw
+
+    if acquisition.readout_oversampling != 1:
+        raise ValueError(f"{path}: noise_free_as_read needs an acquisition without readout oversampling")
+    scan = read_ismrmrd_raw(path)
+    coils = acquisition.sens[None, :, None] * acquisition.image[:, None]  # [slice, coil, time, y, x]
+    if scan.prewhitened:
+        w = prewhitening_matrix(scan.noise_covariance, scan.metadata.extra["ismrmrd"]["prewhitening_scale"])
+        coils = torch.einsum("cd,sdtyx->sctyx", torch.from_numpy(w).to(torch.complex64), coils)
+    return rss(coils, dim=1).numpy().astype(np.float32)
