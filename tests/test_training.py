@@ -243,7 +243,8 @@ def test_shipped_configs_parse() -> None:
 
     fine_tunes = ["small_cpu.yaml", "small_cpu_view_sharing.yaml", "small_cpu_finetune_real.yaml", "small_cpu_gated.yaml",
                   "small_cpu_noise_free.yaml"]
-    for configs in (["tiny.yaml"], ["small_cpu.yaml"], fine_tunes, ["base.yaml"], ["base.yaml", "ddp.yaml"]):
+    gpu_fine_tune = [*fine_tunes, "small_gpu_finetune.yaml"]  # benchmarks/device/session.sh
+    for configs in (["tiny.yaml"], ["small_cpu.yaml"], fine_tunes, gpu_fine_tune, ["base.yaml"], ["base.yaml", "ddp.yaml"]):
         args = ["fit"]
         for name in configs:
             args += ["--config", str(REPO / "configs" / name)]
