@@ -3,7 +3,7 @@
     python benchmarks/device/pack.py            # then: see benchmarks/device/README.md
 
 The lent GPU machine reaches no package registry and does not see ``../shared``, and a call
-carries at most 64 MiB besides nothing else.  So this script, run here beforehand (no device time):
+carries at most 64 MiB, the tracked tree included.  So this script, run here beforehand (no device time):
 
 * downloads the wheels of the Python packages that machine lacks (its image has torch, lightning,
   numpy, scipy, h5py, einops, matplotlib, rich, ...; see the device tool's KINDS.md) for its
