@@ -38,7 +38,9 @@ timeout 120 python3 benchmarks/cardiomm_recon.py --stage speed --speed-threads -
   --out "$OUT/results/speed_shipped"
 
 step "fine-tune the shipped checkpoint on the GPU (max_time $TRAIN_TIME)"
-CONFIGS="--config configs/small_cpu.yaml --config configs/small_cpu_view_sharing.yaml --config configs/small_cpu_finetune_real.yaml --config configs/small_cpu_gated.yaml --config configs/small_cpu_noise_free.yaml --config configs/small_gpu_finetune.yaml"
+# TRAIN_CONFIGS picks another training (its configs must log to lightning_logs/small_gpu/csv, e.g. by ending
+# with configs/small_gpu_finetune.yaml's trainer section); the default fine-tunes the shipped file.
+CONFIGS=${TRAIN_CONFIGS:-"--config configs/small_cpu.yaml --config configs/small_cpu_view_sharing.yaml --config configs/small_cpu_finetune_real.yaml --config configs/small_cpu_gated.yaml --config configs/small_cpu_noise_free.yaml --config configs/small_gpu_finetune.yaml"}
 rm -rf lightning_logs/small_gpu
 timeout 420 python3 -m cardiomm.cli train fit $CONFIGS --trainer.max_time "$TRAIN_TIME" --trainer.accelerator $ACCEL $SHORT
 CKPT=$(ls -t lightning_logs/small_gpu/csv/*/checkpoints/last.ckpt 2>/dev/null | head -1)
