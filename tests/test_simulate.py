@@ -241,13 +241,15 @@ def test_noise_free_as_read_is_the_truth_on_the_whitened_scale(tmp_path, phantom
 
     clean = simulate_kspace(phantom, n_coils=4, seed=0, snr_db=None)
     write_simulated_scan(tmp_path / "clean.h5", clean)
-    reference = rss(ifft2c(load_source(tmp_path / "clean.h5").kspace), dim=1).numpy()
-    np.testing.assert_allclose(noise_free_as_read(tmp_path / "clean.h5", clean), reference, rtol=0,
+    clean_read = load_source(tmp_path / "clean.h5")
+    reference = rss(ifft2c(clean_read.kspace), dim=1).numpy()
+    np.testing.assert_allclose(noise_free_as_read(clean, clean_read.metadata), reference, rtol=0,
                                atol=1e-5 * float(reference.max()))  # no noise scan: nothing is whitened
     noisy = simulate_kspace(phantom, n_coils=4, seed=0, snr_db=30.0)
     write_simulated_scan(tmp_path / "noisy.h5", noisy)
-    truth = noise_free_as_read(tmp_path / "noisy.h5", noisy)
-    read_back = rss(ifft2c(load_source(tmp_path / "noisy.h5").kspace), dim=1).numpy()
+    noisy_read = load_source(tmp_path / "noisy.h5")
+    truth = noise_free_as_read(noisy, noisy_read.metadata)
+    read_back = rss(ifft2c(noisy_read.kspace), dim=1).numpy()
     assert float(np.abs(read_back).max()) > 5 * float(np.abs(reference).max())  # whitening changed the scale...
     psnr = image_metrics(truth[2], read_back[2]).psnr_db  # ...and the truth follows it: off by the 30 dB noise only
     assert 25 < psnr < 45

@@ -46,8 +46,6 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    import numpy as np
-
     from cardiomm.atomic import write_json_atomic, write_text_atomic
     from cardiomm.data.phantom import make_phantom
     from cardiomm.data.simulate import noise_free_as_read, simulate_kspace, write_simulated_scan
@@ -75,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
     console.print(f"[bold]2/5[/] reading {raw_path} back (ISMRMRD), undersampling {args.pattern} R={args.accel:g}")
     case = load_case(str(raw_path), name=f"phantom seed {args.seed}")
-    case = dataclasses.replace(case, noise_free=noise_free_as_read(raw_path, acq))
+    case = dataclasses.replace(case, noise_free=noise_free_as_read(acq, case.metadata))
 
     console.print(f"[bold]3/5[/] loading CardioMM and the segmenter; reconstructing with CardioMM and {args.baseline}")
     methods = [make_method("cardiomm", args.device, checkpoint=args.checkpoint), make_method(args.baseline, args.device)]

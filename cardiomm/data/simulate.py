@@ -469,21 +469,28 @@ def write_simulated_scan(
     return written
 
 
-def noise_free_as_read(path: str | os.PathLike[str], acquisition: SimulatedAcquisition) -> np.ndarray:
+def noise_free_as_read(acquisition: SimulatedAcquisition, read_metadata: ScanMetadata) -> np.ndarray:
     """The truth of a simulated scan in the units of its raw file as read back, float32 ``[slice, time, y, x]``.
 
     A raw file written by :func:`write_simulated_scan` cannot hold the noiseless image, and
     :func:`~cardiomm.data.ismrmrd_raw.read_ismrmrd_raw` whitens the coils with the file's noise
     scan, so the truth on the read-back scale is the RSS of the *whitened* noiseless coil images
-    ``W (S x)``.  ``acquisition`` is what was written to ``path`` (without readout oversampling).
+    ``W (S x)``.  ``W`` is rebuilt as the reader built it, from the noise samples the file was written
+    with (``acquisition.noise_scan``) and the scale the reader recorded in ``read_metadata`` (the
+    metadata of the scan as read back), so the file is not read a second time.
+
+    Args:
+        acquisition: what was written (without readout oversampling).
+        read_metadata: the read-back scan's metadata (``extra["ismrmrd"]["prewhitening_scale"]``:
+            None when the reader did not whiten).
     """
-    from cardiomm.data.ismrmrd_raw import prewhitening_matrix, read_ismrmrd_raw
+    from cardiomm.data.ismrmrd_raw import estimate_noise_covariance, prewhitening_matrix
 
     if acquisition.readout_oversampling != 1:
-        raise ValueError(f"{path}: noise_free_as_read needs an acquisition without readout oversampling")
-    scan = read_ismrmrd_raw(path)
+        raise ValueError("noise_free_as_read needs an acquisition without readout oversampling")
+    scale = (read_metadata.extra.get("ismrmrd") or {}).get("prewhitening_scale")
     coils = acquisition.sens[None, :, None] * acquisition.image[:, None]  # [slice, coil, time, y, x]
-    if scan.prewhitened:
-        w = prewhitening_matrix(scan.noise_covariance, scan.metadata.extra["ismrmrd"]["prewhitening_scale"])
+    if scale is not None and acquisition.noise_scan.shape[-1] > 0:
+        w = prewhitening_matrix(estimate_noise_covariance(acquisition.noise_scan.numpy()), scale)
         coils = torch.einsum("cd,sdtyx->sctyx", torch.from_numpy(w).to(torch.complex64), coils)
     return rss(coils, dim=1).numpy().astype(np.float32)
