@@ -63,7 +63,9 @@ def make_cache(cfg: dict[str, Any]) -> None:
 
         ckpt = file_sha256(DEFAULT_CHECKPOINT)[:16]  # the reconstructions depend on the shipped CardioMM
         for key, make in recon_sections:
-            jobs.append((Path(cfg[key]["cache_dir"]), fingerprint(cfg["seed"], cfg[key], cfg["augment"], ckpt), make))
+            # the real patients' labels take the ES ring from the data section
+            ring = [cfg["data"]["es_ring_mm"], _es_ring_label(cfg)] if key == "real_reconstructions" else []
+            jobs.append((Path(cfg[key]["cache_dir"]), fingerprint(cfg["seed"], cfg[key], cfg["augment"], ckpt, *ring), make))
     if cfg.get("zoom"):  # made from the caches above, so it follows them
         zoom_data = {k: v for k, v in cfg["zoom"].items() if k != "margin"}  # margin is for inference only
         jobs.append((Path(cfg["zoom"]["cache_dir"]), fingerprint(cfg["seed"], zoom_data, [fp for _, fp, _ in jobs]), _zoom_samples))
@@ -118,8 +120,18 @@ def _real_reconstruction_samples(cfg: dict[str, Any]) -> list:
         Path(r["sunnybrook_root"]), list(r["patients"]), list(r["methods"]), list(r["patterns"]),
         tuple(r["accel_range"]), rng, AugmentConfig(**cfg["augment"]), rounds=int(r["rounds"]),
         n_coils=int(r["coils"]), snr_db=float(r["snr_db"]), augment_fraction=float(r["augment_fraction"]),
-        ring_mm=float(cfg["data"]["es_ring_mm"])))
+        ring_mm=float(cfg["data"]["es_ring_mm"]), ring_label=_es_ring_label(cfg)))
     return [samples[i] for i in rng.permutation(len(samples))]
+
+
+def _es_ring_label(cfg: dict[str, Any]) -> int:
+    """``data.es_ring_label`` (default ``unknown``, what configs without the key were trained with) as a label value."""
+    from segment.training_data import ES_RING_LABELS
+
+    name = cfg["data"].get("es_ring_label", "unknown")
+    if name not in ES_RING_LABELS:
+        raise ValueError(f"data.es_ring_label must be one of {sorted(ES_RING_LABELS)}, got {name!r}")
+    return ES_RING_LABELS[name]
 
 
 def _zoom_samples(cfg: dict[str, Any]) -> list:
@@ -153,7 +165,8 @@ def _image_samples(cfg: dict[str, Any]) -> list:
     lo, hi = d["phantom_seeds"]
     samples = list(phantom_samples(list(range(lo, hi + 1)), d["phantom_per_seed"], rng, aug, d["phantom_augment_fraction"]))
     samples += list(sunnybrook_samples(Path(d["sunnybrook_root"]), d["sunnybrook_patients"], d["sunnybrook_copies"],
-                                       d["sunnybrook_teacher_frames"], rng, aug, d["es_ring_mm"], d["teacher_weight"]))
+                                       d["sunnybrook_teacher_frames"], rng, aug, d["es_ring_mm"], d["teacher_weight"],
+                                       _es_ring_label(cfg)))
     order = rng.permutation(len(samples))  # interleave sources: an interrupted cache stays balanced
     return [samples[i] for i in order]
 

@@ -1,15 +1,16 @@
 """Training/validation samples for the cardiac decoder and their cached encoder features.
 
 A sample is a model-grid image (float ``[256, 256]`` in ``[0, 1]``), a label map
-(uint8 ``[256, 256]``: 0 bg, 1 LV blood, 2 LV myocardium, 3 RV blood, 255 unknown) and a
-loss weight.  Sources:
+(uint8 ``[256, 256]``: 0 bg, 1 LV blood, 2 LV myocardium, 3 RV blood, 254 not LV blood, 255
+unknown; :mod:`segment.losses`) and a loss weight.  Sources:
 
 * ``phantom``: :func:`cardiomm.data.phantom.make_phantom` slices with exact labels (simulated).
 * ``sunnybrook``: manually contoured frames of Sunnybrook patients (LV blood + myocardium).
   Sunnybrook has no RV labels: pixels the ACDC teacher (:mod:`segment.acdc_teacher`) calls RV
   and the manual contours leave as background become RV.  Frames without an epicardium
-  contour (end-systole) get 255 in a ring of ``es_ring_mm`` around the blood pool, where the
-  unlabelled myocardium is.
+  contour (end-systole) get a ring of ``es_ring_mm`` around the blood pool, where the
+  unlabelled myocardium is, labelled 254 (not LV blood: the contour says where the blood pool
+  ends) or, as before 2026-12-03, 255 (unknown).
 * ``sunnybrook_teacher``: non-contoured Sunnybrook frames with the teacher's labels (lower weight).
 * ``recon``: phantom slices *reconstructed* from simulated undersampled multi-coil k-space
   (CardioMM and classical methods, k-t patterns, R 4-24) at end-diastole and end-systole, with
@@ -37,13 +38,15 @@ from scipy import ndimage
 
 from cardiomm.data.labels import LV_BLOOD, LV_MYOCARDIUM, RV_BLOOD
 from segment.augment import AugmentConfig, apply_rigid, random_intensity, random_rigid
+from segment.losses import IGNORE, NOT_LV_BLOOD
 from segment.preprocess import MODEL_SIZE, GridGeometry, heart_box, normalize_intensity, to_model_grid
 
-__all__ = ["IGNORE", "Sample", "phantom_samples", "reconstruction_samples", "sunnybrook_reconstruction_samples",
+__all__ = ["ES_RING_LABELS", "IGNORE", "NOT_LV_BLOOD", "Sample", "phantom_samples", "reconstruction_samples", "sunnybrook_reconstruction_samples",
            "sunnybrook_samples", "zoomed", "build_cache",
            "cache_is_complete", "load_cache", "load_caches"]
 
-IGNORE = 255
+#: ``data.es_ring_label`` of a config -> the label of the ring around an end-systolic blood pool without epicardium
+ES_RING_LABELS = {"not_lv_blood": NOT_LV_BLOOD, "unknown": IGNORE}
 
 
 @dataclass
@@ -51,7 +54,7 @@ class Sample:
     """One training image on the model grid."""
 
     image01: np.ndarray  # float32 [256, 256]
-    label: np.ndarray  # uint8 [256, 256], 255 = unknown
+    label: np.ndarray  # uint8 [256, 256], 254 = not LV blood, 255 = unknown
     weight: float
     source: str
     spacing_mm: float = float("nan")  # pixel size of the model grid (mm), needed by :func:`zoomed`
@@ -73,9 +76,10 @@ def _grid_spacing(geom: GridGeometry, pixel_spacing_mm: tuple[float, float] | fl
 
 def _labels_on_grid(label: np.ndarray, geom: GridGeometry) -> np.ndarray:
     """Label map -> model grid through one-hot maps (so classes keep their area; outside the image -> 0)."""
-    onehot = np.stack([label == v for v in (0, 1, 2, 3, IGNORE)]).astype(np.float32)
+    values = (0, 1, 2, 3, NOT_LV_BLOOD, IGNORE)
+    onehot = np.stack([label == v for v in values]).astype(np.float32)
     grid = to_model_grid(onehot, geom).numpy()
-    return np.array([0, 1, 2, 3, IGNORE], dtype=np.uint8)[grid.argmax(0)]
+    return np.array(values, dtype=np.uint8)[grid.argmax(0)]
 
 
 def zoomed(sample: Sample, rng: np.random.Generator, side_range_mm: tuple[float, float] = (140.0, 240.0),
@@ -187,7 +191,7 @@ def _reconstructed_frames(
 def sunnybrook_reconstruction_samples(
     root: Path, patients: list[str], methods: list[str], patterns: list[str], accel_range: tuple[float, float],
     rng: np.random.Generator, cfg: AugmentConfig, *, rounds: int = 1, n_coils: int = 10, snr_db: float = 30.0,
-    augment_fraction: float = 0.5, ring_mm: float = 12.0, max_slices: int | None = None,
+    augment_fraction: float = 0.5, ring_mm: float = 12.0, ring_label: int = NOT_LV_BLOOD, max_slices: int | None = None,
 ) -> Iterator[Sample]:
     """Reconstructions of the contoured slices of real Sunnybrook patients (SIMULATED acquisitions).
 
@@ -197,7 +201,7 @@ def sunnybrook_reconstruction_samples(
     (names of :data:`cardiomm.fidelity.methods.METHOD_NAMES`; ``cardiomm`` is the shipped
     checkpoint).  Its contoured frames (end-diastole, end-systole) become samples with the manual
     labels, completed as in :func:`sunnybrook_samples` (teacher RV on the fully sampled image,
-    unknown ring where no epicardium is drawn): the decoder learns real anatomy through the blur
+    a ``ring_label`` ring where no epicardium is drawn): the decoder learns real anatomy through the blur
     and aliasing of reconstructions, which phantoms alone do not teach.  ``max_slices`` keeps only
     the first (basal) contoured slices of each patient.
     """
@@ -219,7 +223,7 @@ def sunnybrook_reconstruction_samples(
         spacing = float(cine.pixel_spacing_mm[0])
         for s in sorted({s for s, _ in manual})[:max_slices]:
             labels = {f: _sunnybrook_label(lab, teacher.segment(cine.images[s, f]), bool((lab == LV_MYOCARDIUM).any()),
-                                           spacing, ring_mm)
+                                           spacing, ring_mm, ring_label)
                       for (ss, f), lab in sorted(manual.items()) if ss == s}
             acq = load_source(folder, n_coils=n_coils, seed=int(rng.integers(2**31)), snr_db=snr_db, slices=[s])
             transposed = bool((acq.metadata.extra or {}).get("transposed", False))
@@ -232,19 +236,20 @@ def sunnybrook_reconstruction_samples(
                     f"recon_sunnybrook:{{method}}:{pattern}:R{sampling.r_effective:.1f}:{pid}:{s}", transposed)
 
 
-def _sunnybrook_label(manual: np.ndarray, teacher: np.ndarray, has_epi: bool, spacing_mm: float, ring_mm: float) -> np.ndarray:
-    """Manual LV labels + teacher RV (+ unknown ring where the epicardium is missing)."""
+def _sunnybrook_label(manual: np.ndarray, teacher: np.ndarray, has_epi: bool, spacing_mm: float, ring_mm: float,
+                      ring_label: int = NOT_LV_BLOOD) -> np.ndarray:
+    """Manual LV labels + teacher RV (+ a ``ring_label`` ring, :data:`ES_RING_LABELS`, where the epicardium is missing)."""
     lab = manual.copy()
     if not has_epi:
         ring = ndimage.binary_dilation(manual == LV_BLOOD, iterations=max(1, int(round(ring_mm / spacing_mm)))) & (manual != LV_BLOOD)
-        lab[ring] = IGNORE
+        lab[ring] = ring_label
     lab[(teacher == RV_BLOOD) & (lab == 0)] = RV_BLOOD
     return lab
 
 
 def sunnybrook_samples(
     root: Path, patients: list[str], copies: int, teacher_frames: int, rng: np.random.Generator,
-    cfg: AugmentConfig, ring_mm: float = 12.0, teacher_weight: float = 0.5,
+    cfg: AugmentConfig, ring_mm: float = 12.0, teacher_weight: float = 0.5, ring_label: int = NOT_LV_BLOOD,
 ) -> Iterator[Sample]:
     """Contoured frames (+ ``copies`` augmented copies each) and ``teacher_frames`` teacher-labelled frames per patient."""
     from cardiomm.data.contours import sunnybrook_labels
@@ -258,7 +263,7 @@ def sunnybrook_samples(
         spacing = float(cine.pixel_spacing_mm[0])
         for (s, f), lab in manual.items():
             t = teacher.segment(cine.images[s, f])
-            full = _sunnybrook_label(lab, t, bool((lab == LV_MYOCARDIUM).any()), spacing, ring_mm)
+            full = _sunnybrook_label(lab, t, bool((lab == LV_MYOCARDIUM).any()), spacing, ring_mm, ring_label)
             img, glab, geom = _to_grid(cine.images[s, f], full)
             gs = _grid_spacing(geom, cine.pixel_spacing_mm)
             yield Sample(img, glab, 1.0, f"sunnybrook:{pid}:{s}:{f}", gs)

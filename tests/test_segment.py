@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from cardiomm.data.phantom import make_phantom
 from segment.augment import Rigid2D, apply_rigid
-from segment.losses import IGNORE, edge_targets, segmentation_loss
+from segment.losses import IGNORE, NOT_LV_BLOOD, edge_targets, segmentation_loss
 from segment.metrics import dice, hd95_mm
 from segment.postprocess import clean_labels, largest_component
 from segment.preprocess import MIN_FOV_MM, MODEL_SIZE, GridGeometry, from_model_grid, normalize_intensity, to_model_grid
@@ -136,6 +137,31 @@ def test_loss_ignores_unknown_pixels_and_prefers_the_truth():
     assert segmentation_loss(bad, edge, unknown)["ce"] < segmentation_loss(bad, edge, lab)["ce"]
 
 
+def test_not_lv_blood_pixels_penalise_only_the_lv_blood_pool():
+    """254 = known not LV blood (the myocardium of an end-systolic frame nobody contoured): a blood pool
+    grown into it costs loss, which of the other classes it is does not."""
+    lab = torch.from_numpy(_ring_labels()).long()[None]
+    partial = lab.clone()
+    partial[lab == 2] = NOT_LV_BLOOD  # no epicardium drawn
+    truth = torch.nn.functional.one_hot(lab, 4).permute(0, 3, 1, 2).float() * 10
+    as_bg = truth.clone()
+    as_bg[:, :, lab[0] == 2] = torch.tensor([10.0, 0, 0, 0])[None, :, None]
+    grown = truth.clone()
+    grown[:, :, lab[0] == 2] = torch.tensor([0, 10.0, 0, 0])[None, :, None]
+    loss = {k: segmentation_loss(v, None, partial) for k, v in (("truth", truth), ("bg", as_bg), ("grown", grown))}
+    assert loss["truth"]["ce"] == pytest.approx(float(loss["bg"]["ce"]), abs=1e-6)
+    assert float(loss["grown"]["ce"]) > 0.3 > 0.01 > float(loss["truth"]["ce"])  # ~10 nats on 7 % of the pixels
+    assert float(loss["grown"]["dice"]) > float(loss["truth"]["dice"]) + 0.1
+    # as unknown (255) the same ring would not tell them apart
+    unknown = lab.masked_fill(lab == 2, IGNORE)
+    assert float(segmentation_loss(grown, None, unknown)["ce"]) < 0.01
+    # edges: the blood pool's outline stays a known edge, the ring's outer rim is not known
+    edge, valid = edge_targets(partial)
+    assert valid[0, 48, 48 - 12] and edge[0, 48, 48 - 12] == 1 and valid[0, 48, 48 - 13] and edge[0, 48, 48 - 13] == 1
+    assert not valid[0, 48, 48 - 19] and not valid[0, 48, 48 - 20]
+    assert valid[0, 48, 48] and edge[0, 48, 48] == 0 and valid[0, 5, 5]
+
+
 def test_dice_and_hd95():
     a = np.zeros((40, 40), bool)
     a[10:20, 10:20] = True
@@ -179,7 +205,7 @@ def test_sunnybrook_reconstruction_samples_carry_the_manual_labels():
     from cardiomm.data.contours import sunnybrook_labels
     from cardiomm.data.dicom_cine import read_dicom_cine
     from segment.augment import AugmentConfig
-    from segment.training_data import IGNORE, sunnybrook_reconstruction_samples
+    from segment.training_data import NOT_LV_BLOOD, sunnybrook_reconstruction_samples
 
     root = Path(__file__).resolve().parents[2] / "shared" / "data" / "sunnybrook"
     rng = np.random.default_rng(0)
@@ -195,7 +221,11 @@ def test_sunnybrook_reconstruction_samples_carry_the_manual_labels():
     assert samples[len(frames)].source.startswith("recon_sunnybrook:view-sharing:kt_gaussian:R8.")
     for x, f in zip(samples, frames * 2):
         assert x.image01.shape == x.label.shape == (MODEL_SIZE, MODEL_SIZE)
-        assert set(np.unique(x.label)) <= {0, 1, 2, 3, IGNORE}
+        assert set(np.unique(x.label)) <= {0, 1, 2, 3, NOT_LV_BLOOD}
+        # a frame without epicardium has a not-LV-blood ring hugging its blood pool
+        if not (x.label == 2).any():
+            rim = ndimage.binary_dilation(x.label == 1) & (x.label != 1)
+            assert (x.label[rim] == NOT_LV_BLOOD).mean() > 0.9
         # the manual blood pool, on the grid, keeps its area (the grid spacing is the source's)
         area = (manual[(s, f)] == 1).sum() * float(cine.pixel_spacing_mm[0]) ** 2
         assert (x.label == 1).sum() * x.spacing_mm ** 2 == pytest.approx(area, rel=0.05)
@@ -304,6 +334,16 @@ def test_heart_windows_follow_the_heart_and_share_one_side():
     assert seg.heart_windows(probs, (1.0, 1.0)) is None
     with pytest.raises(ValueError, match="margin"):
         ZoomSettings(margin=0.5)
+
+
+def test_es_ring_label_comes_from_the_config():
+    from segment.train import _es_ring_label
+
+    assert _es_ring_label({"data": {}}) == IGNORE  # configs from before the key: as they were trained
+    assert _es_ring_label({"data": {"es_ring_label": "not_lv_blood"}}) == NOT_LV_BLOOD
+    assert _es_ring_label({"data": {"es_ring_label": "unknown"}}) == IGNORE
+    with pytest.raises(ValueError, match="es_ring_label"):
+        _es_ring_label({"data": {"es_ring_label": "myocardium"}})
 
 
 def test_zoom_cache_and_fine_tuning_from_earlier_weights(tmp_path: Path):
