@@ -148,6 +148,43 @@ def test_ed_es_mode_segments_two_frames_and_scores_at_reference_frames(case):
         run_fidelity([case], [identity_method()], Counting(), frames="some")
 
 
+def test_ed_es_stack_mode_finds_ed_es_on_the_whole_reference(case):
+    calls = []
+
+    class Counting(BrightnessSegmenter):
+        def segment(self, images, pixel_spacing_mm):
+            calls.append(images.shape)
+            return super().segment(images, pixel_spacing_mm)
+
+    result = run_fidelity([case], [identity_method()], Counting(), accels=[8], frames="ed-es-stack")
+    n_slices, n_frames = case.reference.shape[:2]
+    # the reference once in every slice and frame, then the method at ED and ES only
+    assert calls == [(n_slices, n_frames, 64, 64), (n_slices, 2, 64, 64)]
+    info = result.cases[0]
+    ed, es = info["segmented_frames"]["ed"], info["segmented_frames"]["es"]
+    assert info["segmented_frames"]["found_on"] == "the whole reference stack"
+    # the frames of largest and smallest LV volume, as segmenting every frame finds them
+    every = run_fidelity([case], [identity_method()], BrightnessSegmenter(), accels=[8], frames="all")
+    assert (ed, es) == (every.cases[0]["reference_biomarkers"]["ed_frame"], every.cases[0]["reference_biomarkers"]["es_frame"])
+    assert info["reference_biomarkers"]["lvef_percent"] == pytest.approx(every.cases[0]["reference_biomarkers"]["lvef_percent"])
+    run = result.runs[0]
+    assert run["biomarkers"]["ed_frame"] == ed and run["biomarkers"]["es_frame"] == es
+    assert run["biomarkers"]["lvef_percent"] == pytest.approx(run["reference_biomarkers"]["lvef_percent"])
+
+
+def test_frame_modes_of_the_parsers_are_the_runner_s():
+    from cardiomm.cli import build_parser
+    from cardiomm.fidelity import FRAME_MODES
+
+    parser = build_parser()
+    assert parser.parse_args(["bench", "fidelity", "phantom:1"]).segment_frames == "ed-es-stack"
+    assert parser.parse_args(["demo"]).segment_frames == "ed-es"
+    for mode in FRAME_MODES:
+        assert parser.parse_args(["demo", "--segment-frames", mode]).segment_frames == mode
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "fidelity", "phantom:1", "--segment-frames", "mid"])
+
+
 def test_bad_inputs(case):
     with pytest.raises(ValueError, match="unknown method"):
         make_method("nope", "cpu")

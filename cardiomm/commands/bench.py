@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cardiomm.fidelity import FRAME_MODES, FRAME_MODES_HELP
+
 DEFAULT_ACCELS = [4.0, 8.0, 12.0, 16.0, 20.0, 24.0]
 
 
@@ -38,8 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--coils", type=int, default=10, help="coils of simulated acquisitions")
     f.add_argument("--snr-db", type=float, default=30.0, help="SNR of simulated acquisitions")
     f.add_argument("--seed", type=int, default=0, help="seed of the simulation and of the masks")
-    f.add_argument("--segment-frames", choices=["ed-es", "all"], default="ed-es",
-                   help="segment ED and ES only (found on the reference's mid slice; fast) or every frame")
+    f.add_argument("--segment-frames", choices=list(FRAME_MODES), default="ed-es-stack", help=FRAME_MODES_HELP)
     f.add_argument("--device", default="auto", help="auto, cpu or cuda")
     f.set_defaults(func=run_fidelity_command)
 

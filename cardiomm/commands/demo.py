@@ -18,6 +18,8 @@ import dataclasses
 import time
 from pathlib import Path
 
+from cardiomm.fidelity import FRAME_MODES, FRAME_MODES_HELP
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -36,8 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--matrix", type=int, default=128, help="square matrix; field of view 288 mm")
     p.add_argument("--coils", type=int, default=10)
     p.add_argument("--checkpoint", type=Path, default=None, help="CardioMM checkpoint (default: the shipped one)")
-    p.add_argument("--segment-frames", choices=["ed-es", "all"], default="ed-es",
-                   help="segment ED and ES only (found on the reference's mid slice; fast) or every frame")
+    p.add_argument("--segment-frames", choices=list(FRAME_MODES), default="ed-es", help=FRAME_MODES_HELP)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.set_defaults(func=run)
 
