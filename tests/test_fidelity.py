@@ -127,39 +127,39 @@ def test_simulated_cases_are_also_scored_against_the_noise_free_truth(case):
         dataclasses.replace(case, noise_free=case.noise_free[:, :2])
 
 
+class CountingSegmenter(BrightnessSegmenter):
+    """Records the shape of every stack it segments."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[int, ...]] = []
+
+    def segment(self, images, pixel_spacing_mm):
+        self.calls.append(images.shape)
+        return super().segment(images, pixel_spacing_mm)
+
+
 def test_ed_es_mode_segments_two_frames_and_scores_at_reference_frames(case):
-    calls = []
-
-    class Counting(BrightnessSegmenter):
-        def segment(self, images, pixel_spacing_mm):
-            calls.append(images.shape)
-            return super().segment(images, pixel_spacing_mm)
-
-    result = run_fidelity([case], [identity_method()], Counting(), accels=[8], frames="ed-es")
+    counting = CountingSegmenter()
+    result = run_fidelity([case], [identity_method()], counting, accels=[8], frames="ed-es")
     n_slices, n_frames = case.reference.shape[:2]
     # mid slice over all frames (as a one-slice stack), then all slices at ED and ES for the reference and the method
-    assert calls == [(1, n_frames, 64, 64), (n_slices, 2, 64, 64), (n_slices, 2, 64, 64)]
+    assert counting.calls == [(1, n_frames, 64, 64), (n_slices, 2, 64, 64), (n_slices, 2, 64, 64)]
     info = result.cases[0]
     ed, es = info["segmented_frames"]["ed"], info["segmented_frames"]["es"]
     run = result.runs[0]
     assert run["biomarkers"]["ed_frame"] == ed and run["biomarkers"]["es_frame"] == es
     assert run["biomarkers"]["lvef_percent"] == pytest.approx(run["reference_biomarkers"]["lvef_percent"])
     with pytest.raises(ValueError, match="frames"):
-        run_fidelity([case], [identity_method()], Counting(), frames="some")
+        run_fidelity([case], [identity_method()], counting, frames="some")
 
 
 def test_ed_es_stack_mode_finds_ed_es_on_the_whole_reference(case):
-    calls = []
-
-    class Counting(BrightnessSegmenter):
-        def segment(self, images, pixel_spacing_mm):
-            calls.append(images.shape)
-            return super().segment(images, pixel_spacing_mm)
-
-    result = run_fidelity([case], [identity_method()], Counting(), accels=[8], frames="ed-es-stack")
+    counting = CountingSegmenter()
+    result = run_fidelity([case], [identity_method()], counting, accels=[8], frames="ed-es-stack")
     n_slices, n_frames = case.reference.shape[:2]
     # the reference once in every slice and frame, then the method at ED and ES only
-    assert calls == [(n_slices, n_frames, 64, 64), (n_slices, 2, 64, 64)]
+    assert counting.calls == [(n_slices, n_frames, 64, 64), (n_slices, 2, 64, 64)]
     info = result.cases[0]
     ed, es = info["segmented_frames"]["ed"], info["segmented_frames"]["es"]
     assert info["segmented_frames"]["found_on"] == "the whole reference stack"
