@@ -10,7 +10,7 @@ unknown; :mod:`segment.losses`) and a loss weight.  Sources:
   and the manual contours leave as background become RV.  Frames without an epicardium
   contour (end-systole) get a ring of ``es_ring_mm`` around the blood pool, where the
   unlabelled myocardium is, labelled 254 (not LV blood: the contour says where the blood pool
-  ends) or, as before 2026-12-03, 255 (unknown).
+  ends) or 255 (unknown), as configs without ``data.es_ring_label`` have it.
 * ``sunnybrook_teacher``: non-contoured Sunnybrook frames with the teacher's labels (lower weight).
 * ``recon``: phantom slices *reconstructed* from simulated undersampled multi-coil k-space
   (CardioMM and classical methods, k-t patterns, R 4-24) at end-diastole and end-systole, with
