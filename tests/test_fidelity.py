@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -205,3 +206,17 @@ def test_methods_describe_themselves_and_name_the_exact_checkpoint():
     learned = make_method("cardiomm", "cpu").description
     assert learned["checkpoint"] == str(DEFAULT_CHECKPOINT)
     assert learned["checkpoint_sha256"] == hashlib.sha256(DEFAULT_CHECKPOINT.read_bytes()).hexdigest()
+
+
+def test_bench_fidelity_command_writes_reports_that_say_what_was_segmented(tmp_path: Path):
+    from cardiomm.cli import main
+
+    out = tmp_path / "fid"
+    spec = "phantom:7?n_slices=3&n_frames=4&matrix=64x64&pixel_spacing_mm=4.5&slice_thickness_mm=20"
+    assert main(["bench", "fidelity", spec, "--accels", "8", "--methods", "zero-filled", "--out", str(out)]) == 0
+    report = json.loads((out / "fidelity.json").read_text())
+    frames = report["cases"][0]["segmented_frames"]
+    assert frames["found_on"] == "the whole reference stack"
+    md = (out / "fidelity.md").read_text()
+    assert f"segmented at ED frame {frames['ed']} and ES frame {frames['es']}, found on the whole reference stack" in md
+    assert "SIMULATED" in md and (out / "fidelity.html").is_file()

@@ -109,8 +109,8 @@ def run_fidelity_command(args: argparse.Namespace) -> int:
         safe = "".join(c if c.isalnum() else "_" for c in case)
         figures.append(rep.image_strip_figure(result, case, out / f"fidelity_strip_{safe}.png"))
     header, rows = rep.summary_table_rows(result)
-    data_lines = [f"- `{c['spec']}`: {'SIMULATED ' if c['simulated'] else ''}{c['source']}, k-space {c['shape_slice_coil_time_ky_kx']}"
-                  for c in report["cases"]]
+    data_lines = [f"- `{c['spec']}`: {'SIMULATED ' if c['simulated'] else ''}{c['source']}, k-space {c['shape_slice_coil_time_ky_kx']}; "
+                  + _segmented_frames(c["segmented_frames"]) for c in report["cases"]]
     md = "\n".join(["# Biomarker fidelity", "", *[f"![{p.stem}]({p.name})" for p in figures], "", "Data:", *data_lines, "",
                     report["notes"], "", *[f"- `{d['method']}`: " + ", ".join(f"{k} `{v}`" for k, v in d.items()
                                                                           if k != "method")
@@ -124,3 +124,11 @@ def run_fidelity_command(args: argparse.Namespace) -> int:
     write_text_atomic(out / "fidelity.html", rep.html_page("CardioMM biomarker fidelity", sections))
     console.print(f"wrote {out / 'fidelity.html'}, {out / 'fidelity.json'}")
     return 1 if failed else 0
+
+
+def _segmented_frames(frames: dict | str) -> str:
+    """What was segmented in a case (``FidelityResult.cases[i]["segmented_frames"]``), for the reports."""
+    if frames == "all":
+        return "every frame segmented, ED / ES = largest / smallest LV volume of each stack"
+    return f"segmented at ED frame {frames['ed']} and ES frame {frames['es']}, found on {frames['found_on']}"
+
