@@ -44,12 +44,11 @@ def edge_targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     lab = labels.float()[:, None]
     dil = F.max_pool2d(lab, 3, stride=1, padding=1)
     ero = -F.max_pool2d(-lab, 3, stride=1, padding=1)
-    edge = (dil != ero)[:, 0]
     unknown = _near(labels == IGNORE)
     partial = _near(labels == NOT_LV_BLOOD)
-    lv_boundary = _near(labels == LV_BLOOD) & _near((labels != LV_BLOOD) & (labels != IGNORE))
+    lv_boundary = _near(labels == LV_BLOOD) & _near((labels != LV_BLOOD) & (labels != IGNORE))  # holds two values: an edge
     valid = ~unknown & (~partial | lv_boundary)
-    return (edge | (partial & lv_boundary)).float(), valid
+    return (dil != ero).float()[:, 0], valid
 
 
 def _dice_loss(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, not_lv: torch.Tensor) -> torch.Tensor:

@@ -187,14 +187,8 @@ def ed_es_from_stack(segmenter: Segmenter, case: FidelityCase) -> tuple[tuple[in
     Raises:
         ValueError: the stack has one frame, or no LV blood pool was found.
     """
-    reference = case.reference
-    if reference.shape[1] < 2:
-        raise ValueError(f"ED/ES need at least 2 frames, the stack has shape {list(reference.shape)}")
-    labels = case.segment(segmenter, reference)
-    volume = (labels == LV_BLOOD).sum(axis=(0, 2, 3))  # voxels per frame (one slice spacing)
-    if not volume.any():
-        raise ValueError("no LV blood pool found in the reference: cannot pick ED/ES frames")
-    ed, es = int(np.argmax(volume)), int(np.argmin(volume))
+    labels = case.segment(segmenter, _cine_of_frames(case))
+    ed, es = _largest_and_smallest(labels, "the reference")
     return (ed, es), labels[:, [ed, es]]
 
 
@@ -205,14 +199,24 @@ def ed_es_from_mid_slice(segmenter: Segmenter, case: FidelityCase) -> tuple[int,
     Raises:
         ValueError: the stack has one frame, or no LV was found in the mid slice.
     """
-    reference = case.reference
-    if reference.shape[1] < 2:
-        raise ValueError(f"ED/ES need at least 2 frames, the stack has shape {list(reference.shape)}")
-    mid = case.segment(segmenter, reference[reference.shape[0] // 2][None])[0]  # [1, frame, y, x]: one heart search
-    area = (mid == LV_BLOOD).sum(axis=(-2, -1))
-    if not area.any():
-        raise ValueError("no LV blood pool found in the mid-ventricular slice: cannot pick ED/ES frames")
-    return int(np.argmax(area)), int(np.argmin(area))
+    reference = _cine_of_frames(case)
+    mid = case.segment(segmenter, reference[reference.shape[0] // 2][None])  # [1, frame, y, x]: one heart search
+    return _largest_and_smallest(mid, "the mid-ventricular slice")
+
+
+def _cine_of_frames(case: FidelityCase) -> np.ndarray:
+    """The case's reference ``[slice, time, y, x]``; ValueError when it has fewer than 2 frames (no ED/ES)."""
+    if case.reference.shape[1] < 2:
+        raise ValueError(f"ED/ES need at least 2 frames, the stack has shape {list(case.reference.shape)}")
+    return case.reference
+
+
+def _largest_and_smallest(labels: np.ndarray, where: str) -> tuple[int, int]:
+    """Frames of largest and smallest LV blood pool of labels ``[slice, time, y, x]`` (voxels summed over slices)."""
+    lv = (labels == LV_BLOOD).sum(axis=(0, 2, 3))
+    if not lv.any():
+        raise ValueError(f"no LV blood pool found in {where}: cannot pick ED/ES frames")
+    return int(np.argmax(lv)), int(np.argmin(lv))
 
 
 def _finite(x: float) -> float | None:
