@@ -213,10 +213,137 @@ def test_bench_fidelity_command_writes_reports_that_say_what_was_segmented(tmp_p
 
     out = tmp_path / "fid"
     spec = "phantom:7?n_slices=3&n_frames=4&matrix=64x64&pixel_spacing_mm=4.5&slice_thickness_mm=20"
-    assert main(["bench", "fidelity", spec, "--accels", "8", "--methods", "zero-filled", "--out", str(out)]) == 0
+    args = ["bench", "fidelity", spec, "--accels", "8", "--methods", "zero-filled", "--recon-cache", str(tmp_path / "c")]
+    assert main([*args, "--out", str(out)]) == 0
     report = json.loads((out / "fidelity.json").read_text())
+    assert report["reconstruction_cache"] == {"folder": str(tmp_path / "c"), "read_back": 0, "reconstructed": 1}
     frames = report["cases"][0]["segmented_frames"]
     assert frames["found_on"] == "the whole reference stack"
     md = (out / "fidelity.md").read_text()
     assert f"segmented at ED frame {frames['ed']} and ES frame {frames['es']}, found on the whole reference stack" in md
     assert "SIMULATED" in md and (out / "fidelity.html").is_file()
+    # a rerun reads the reconstruction back and says so; the numbers are the same
+    assert main([*args, "--out", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "fidelity.json").read_text())
+    assert again["reconstruction_cache"]["read_back"] == 1 and again["runs"][0]["reconstruction_cached"]
+    assert again["runs"][0]["errors"] == report["runs"][0]["errors"]
+    assert "read back from the cache" in (tmp_path / "again" / "fidelity.md").read_text()
+
+
+class CountingMethod:
+    """A zero-filled runner that counts its reconstructions."""
+
+    def __init__(self) -> None:
+        self.runner = make_method("zero-filled", "cpu")
+        self.calls = 0
+        inner = self.runner.run_slices
+
+        def run(kspace, sampling, metadata):
+            self.calls += 1
+            return inner(kspace, sampling, metadata)
+
+        self.runner.run_slices = run
+
+
+def _scores(result) -> str:
+    """Every score of every run, as JSON text (so that NaN Dice of absent classes compare equal)."""
+    return json.dumps([(r["method"], r["accel_requested"], r["image"], r["dice_vs_reference"], r["biomarkers"],
+                        r["errors"]) for r in result.runs])
+
+
+def test_reconstruction_cache_reads_back_identical_results(case, tmp_path):
+    from cardiomm.fidelity.cache import ReconstructionCache
+
+    counting = CountingMethod()
+    plain = run_fidelity([case], [counting.runner], BrightnessSegmenter(), accels=[4, 16])
+    assert counting.calls == 2 and not any(r["reconstruction_cached"] for r in plain.runs)
+    first_cache = ReconstructionCache(tmp_path / "cache")
+    first = run_fidelity([case], [counting.runner], BrightnessSegmenter(), accels=[4, 16], cache=first_cache)
+    assert counting.calls == 4 and (first_cache.hits, first_cache.misses) == (0, 2)
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2 and len(list((tmp_path / "cache").glob("*.json"))) == 2
+    again_cache = ReconstructionCache(tmp_path / "cache")
+    again = run_fidelity([case], [counting.runner], BrightnessSegmenter(), accels=[4, 16], cache=again_cache)
+    assert counting.calls == 4 and (again_cache.hits, again_cache.misses) == (2, 0)  # nothing reconstructed
+    assert all(r["reconstruction_cached"] for r in again.runs)
+    assert _scores(again) == _scores(first) == _scores(plain)  # bit for bit the same numbers
+    assert [r["seconds_per_slice"] for r in again.runs] == [r["seconds_per_slice"] for r in first.runs]
+    # another R, mask seed or method parameter is another entry
+    run_fidelity([case], [counting.runner], BrightnessSegmenter(), accels=[8], cache=again_cache)
+    run_fidelity([case], [counting.runner], BrightnessSegmenter(), accels=[4], mask_seed=1, cache=again_cache)
+    assert counting.calls == 6
+    other = make_method("cg-sense", "cpu", max_iter=2)
+    fewer = make_method("cg-sense", "cpu", max_iter=1)
+    run_fidelity([case], [other], BrightnessSegmenter(), accels=[4], cache=again_cache)
+    result = run_fidelity([case], [fewer], BrightnessSegmenter(), accels=[4], cache=again_cache)
+    assert not result.runs[0]["reconstruction_cached"]
+
+
+def test_reconstruction_cache_keys_follow_data_and_code(case, tmp_path):
+    from cardiomm.fidelity.cache import ReconstructionCache, code_digest
+    from recon.masks import make_mask
+
+    cache = ReconstructionCache(tmp_path)
+    sampling = make_mask("kt_gaussian", 8, tuple(case.kspace.shape[-3:]), seed=0)
+    meta = case.metadata.to_dict()
+    key = cache.key(case.kspace, meta, sampling, 0, "zero-filled", {}, "cpu")
+    assert key == cache.key(case.kspace.clone(), meta, sampling, 0, "zero-filled", {}, "cpu")
+    changed = case.kspace.clone()
+    changed[0, 0, 0, 0, 0] += 1
+    other_mask = make_mask("kt_gaussian", 8, tuple(case.kspace.shape[-3:]), seed=3)
+    assert len({key,
+                cache.key(changed, meta, sampling, 0, "zero-filled", {}, "cpu"),
+                cache.key(case.kspace, {**meta, "vendor": "x"}, sampling, 0, "zero-filled", {}, "cpu"),
+                cache.key(case.kspace, meta, other_mask, 0, "zero-filled", {}, "cpu"),
+                cache.key(case.kspace, meta, sampling, 0, "zero-filled", {"max_iter": 3}, "cpu"),
+                cache.key(case.kspace, meta, sampling, 0, "zero-filled", {}, "cuda")}) == 6
+    # the code digest covers the reconstruction code: an edited source file is another digest
+    src = tmp_path / "src"
+    (src / "recon").mkdir(parents=True)
+    (src / "recon" / "a.py").write_text("x = 1\n")
+    before = code_digest(src, ("recon",))
+    (src / "recon" / "a.py").write_text("x = 2\n")
+    assert code_digest(src, ("recon",)) != before
+    assert len(code_digest()) == 64
+
+
+def test_reconstruction_cache_recomputes_unreadable_entries(case, tmp_path):
+    from cardiomm.fidelity.cache import ReconstructionCache
+
+    counting = CountingMethod()
+    run_fidelity([case], [counting.runner], BrightnessSegmenter(), accels=[8], cache=ReconstructionCache(tmp_path))
+    (entry,) = tmp_path.glob("*.npy")
+    entry.write_bytes(entry.read_bytes()[:100])  # truncated
+    warnings: list[str] = []
+    cache = ReconstructionCache(tmp_path, warn=warnings.append)
+    result = run_fidelity([case], [counting.runner], BrightnessSegmenter(), accels=[8], cache=cache)
+    assert counting.calls == 2 and not result.runs[0]["reconstruction_cached"]
+    assert len(warnings) == 1 and str(entry) in warnings[0] and "unreadable" in warnings[0]
+    # the entry was written again and is read back now
+    again = ReconstructionCache(tmp_path, warn=warnings.append)
+    assert run_fidelity([case], [counting.runner], BrightnessSegmenter(), accels=[8], cache=again).runs[0][
+        "reconstruction_cached"]
+    assert counting.calls == 2 and len(warnings) == 1
+    # an array without its JSON is no entry (a run killed between the two writes)
+    next(tmp_path.glob("*.json")).unlink()
+    assert not run_fidelity([case], [counting.runner], BrightnessSegmenter(), accels=[8],
+                            cache=ReconstructionCache(tmp_path)).runs[0]["reconstruction_cached"]
+    with pytest.raises(ValueError, match="not a folder"):
+        ReconstructionCache(entry)
+
+
+def test_reconstruction_cache_that_cannot_be_written_does_not_stop_the_run(case, tmp_path, monkeypatch):
+    import errno
+
+    from cardiomm.fidelity import cache as cache_module
+    from cardiomm.fidelity.cache import ReconstructionCache
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache_module.np, "save", full_disk)
+    warnings: list[str] = []
+    result = run_fidelity([case], [make_method("zero-filled", "cpu")], BrightnessSegmenter(), accels=[8],
+                          cache=ReconstructionCache(tmp_path, warn=warnings.append))
+    assert len(result.runs) == 1 and result.runs[0]["image"]["psnr_db"] > 0
+    assert len(warnings) == 1 and "No space left" in warnings[0]
+    assert list(tmp_path.iterdir()) == []  # no partial entry

@@ -4,6 +4,7 @@ Examples::
 
     cardiomm bench fidelity phantom:1000-1002 ../shared/data/sunnybrook/dicoms/SCD0000301 --out fidelity_out
     cardiomm bench fidelity scan.h5 --accels 8 24 --patterns kt_gaussian kt_radial --methods cardiomm kt-sparse
+    cardiomm bench fidelity phantom:1000 --recon-cache build/recon_cache   # a rerun reads the reconstructions back
 
 Each SOURCE is a fully sampled cine (see ``cardiomm.data.sources``): ``phantom:SEED`` or
 ``phantom:A-B`` (simulated), a DICOM cine folder (a multi-coil acquisition is SIMULATED from its
@@ -15,8 +16,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cardiomm.fidelity import FRAME_MODES, FRAME_MODES_HELP
+
+if TYPE_CHECKING:
+    from cardiomm.fidelity.cache import ReconstructionCache
 
 DEFAULT_ACCELS = [4.0, 8.0, 12.0, 16.0, 20.0, 24.0]
 
@@ -42,6 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--seed", type=int, default=0, help="seed of the simulation and of the masks")
     f.add_argument("--segment-frames", choices=list(FRAME_MODES), default="ed-es-stack", help=FRAME_MODES_HELP)
     f.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    f.add_argument("--recon-cache", type=Path, default=None, metavar="DIR",
+                   help="keep every reconstruction's magnitude in DIR and read it back on a rerun with the same data, "
+                        "mask, method, checkpoint, device and reconstruction code (e.g. after changing the segmenter); "
+                        "cached runs report the seconds of the run that wrote them")
     f.set_defaults(func=run_fidelity_command)
 
 
@@ -52,6 +61,7 @@ def run_fidelity_command(args: argparse.Namespace) -> int:
     from cardiomm.atomic import write_json_atomic, write_text_atomic
     from cardiomm.data.sources import expand_sources
     from cardiomm.fidelity import report as rep
+    from cardiomm.fidelity.cache import ReconstructionCache
     from cardiomm.fidelity.methods import METHOD_NAMES, make_method
     from cardiomm.fidelity.runner import describe_segmenter, load_case, run_fidelity
     from cardiomm.machine import machine_info, machine_line
@@ -68,6 +78,8 @@ def run_fidelity_command(args: argparse.Namespace) -> int:
     methods = [make_method(m, args.device, checkpoint=args.checkpoint,
                            **(params if m not in ("cardiomm", "zero-filled") else {})) for m in args.methods]
     segmenter = CardiacSegmenter.load_default(device=str(methods[0].device), weights=args.segmenter_weights)
+    cache = None if args.recon_cache is None else ReconstructionCache(
+        args.recon_cache, warn=lambda message: console.print(f"[yellow]{message}[/]"))
     cases, failed = [], []
     for spec in specs:
         try:
@@ -90,13 +102,15 @@ def run_fidelity_command(args: argparse.Namespace) -> int:
             progress.update(task, description=description)
 
         result = run_fidelity(cases, methods, segmenter, accels=args.accels, patterns=args.patterns,
-                              mask_seed=args.seed, frames=args.segment_frames, on_step=step)
+                              mask_seed=args.seed, frames=args.segment_frames, on_step=step, cache=cache)
         progress.advance(task)
     report = result.to_dict()
     report["failed_sources"] = failed
     report["machine"] = machine_info(methods[0].device)
     report["segmenter"] = describe_segmenter(segmenter)
     report["methods"] = [m.description for m in methods]
+    report["reconstruction_cache"] = None if cache is None else {
+        "folder": str(cache.root), "read_back": cache.hits, "reconstructed": cache.misses}
     report["notes"] = ("Reference: RSS of the fully sampled k-space, segmented by the same segmenter. Sources marked "
                        "simulated are SIMULATED multi-coil acquisitions; their images are also scored against the "
                        "noiseless simulation (columns 'vs noise-free'), because the fully sampled reference carries "
@@ -116,14 +130,23 @@ def run_fidelity_command(args: argparse.Namespace) -> int:
                                                                           if k != "method")
                                             for d in report["methods"]], "",
                     rep.markdown_table(header, rows), "",
-                    f"Machine: {machine_line(report['machine'])}. Total {result.seconds_total:.0f} s."])
+                    f"Machine: {machine_line(report['machine'])}. Total {result.seconds_total:.0f} s." + _cache_line(cache)])
     write_text_atomic(out / "fidelity.md", md + "\n")
     sections = ["<p>Data:</p><ul>" + "".join(f"<li>{line[2:]}</li>" for line in data_lines) + "</ul>",
                 f"<p class='note'>{report['notes']}</p>", *[rep.embed_png(p, p.stem) for p in figures],
-                rep.html_table(header, rows), f"<p>Machine: {machine_line(report['machine'])}. Total {result.seconds_total:.0f} s.</p>"]
+                rep.html_table(header, rows),
+                f"<p>Machine: {machine_line(report['machine'])}. Total {result.seconds_total:.0f} s.{_cache_line(cache)}</p>"]
     write_text_atomic(out / "fidelity.html", rep.html_page("CardioMM biomarker fidelity", sections))
     console.print(f"wrote {out / 'fidelity.html'}, {out / 'fidelity.json'}")
     return 1 if failed else 0
+
+
+def _cache_line(cache: ReconstructionCache | None) -> str:
+    """What the reports say about the reconstruction cache (empty without one)."""
+    if cache is None:
+        return ""
+    return (f" Reconstructions read back from the cache `{cache.root}`: {cache.hits} of {cache.hits + cache.misses}"
+            " (their seconds per slice are those of the run that wrote them).")
 
 
 def _segmented_frames(frames: dict | str) -> str:

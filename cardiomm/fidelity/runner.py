@@ -31,6 +31,10 @@ Which frames are segmented (``frames``):
   area of the reference's mid-ventricular slice alone, and only that slice is segmented in every
   frame.  One slice can miss the end-systolic frame of the whole ventricle: on SCD0000301 (2026-12-02)
   the mid slice gave frames 17 / 10 and the stack 17 / 8.
+
+With a :class:`~cardiomm.fidelity.cache.ReconstructionCache` the reconstructions are read back
+from an earlier run when data, mask, method and code are the same, so a rerun after a change of
+the segmenter costs only the segmentation and the scoring.
 """
 
 from __future__ import annotations
@@ -49,9 +53,10 @@ from cardiomm.data.metadata import ScanMetadata
 from cardiomm.data.sources import load_source
 from cardiomm.fidelity import FRAME_MODES
 from cardiomm.fidelity.agreement import bland_altman, dice_per_class
+from cardiomm.fidelity.cache import ReconstructionCache
 from cardiomm.fidelity.methods import MethodRunner
 from recon.conventions import ifft2c, rss
-from recon.masks import make_mask
+from recon.masks import SamplingMask, make_mask
 from recon.metrics import image_metrics
 from segment.biomarkers import compute_biomarkers
 
@@ -292,6 +297,7 @@ def run_fidelity(
     mask_seed: int = 0,
     frames: str = "all",
     on_step: Callable[[str], None] | None = None,
+    cache: ReconstructionCache | None = None,
 ) -> FidelityResult:
     """Undersample, reconstruct, segment and score every case at every (pattern, R) and method.
 
@@ -308,6 +314,8 @@ def run_fidelity(
         mask_seed: seed of every mask (the same mask for every method).
         frames: ``"all"``, ``"ed-es-stack"`` or ``"ed-es"`` (see the module docstring).
         on_step: called with a description before every reconstruction (progress display).
+        cache: read reconstructions from (and write them to) this cache
+            (:class:`~cardiomm.fidelity.cache.ReconstructionCache`); None reconstructs everything.
     """
     if frames not in FRAME_MODES:
         raise ValueError(f"frames must be one of {FRAME_MODES}, got {frames!r}")
@@ -352,8 +360,7 @@ def run_fidelity(
                 for runner in methods:
                     if on_step is not None:
                         on_step(f"{case.name} {pattern} R={float(accel):g} {runner.name}")
-                    images = runner(case.kspace, sampling, case.metadata)
-                    magnitude = images.abs().numpy().astype(np.float32)
+                    magnitude, seconds, cached = _reconstruct(runner, case, sampling, mask_seed, cache)
                     labels = case.segment(segmenter, magnitude[:, pick])
                     bio = _biomarkers(labels, case, ed_es)
                     image = image_scores(case.reference, magnitude)
@@ -376,11 +383,36 @@ def run_fidelity(
                             k: (None if bio.get(k) is None or ref_bio.get(k) is None else float(bio[k]) - float(ref_bio[k]))
                             for k in BIOMARKERS
                         },
-                        "seconds_per_slice": runner.seconds_per_slice[-1],
+                        "seconds_per_slice": seconds,
                         "device": str(runner.device),
+                        "reconstruction_cached": cached,
                     }
                     result.runs.append(run)
                     strip["recons"][(runner.name, pattern, float(accel))] = (magnitude[mid, ed], labels[mid, ed_in_stack])
                     strip["recons_es"][(runner.name, pattern, float(accel))] = (magnitude[mid, es], labels[mid, es_in_stack])
     result.seconds_total = time.perf_counter() - t_start
     return result
+
+
+def _reconstruct(runner: MethodRunner, case: FidelityCase, sampling: SamplingMask, mask_seed: int,
+                 cache: ReconstructionCache | None) -> tuple[np.ndarray, float, bool]:
+    """Magnitude ``[slice, time, y, x]`` (float32) of ``runner`` on ``case``, seconds per slice, whether it came from ``cache``.
+
+    Read from the cache when it holds the entry (the seconds are then those of the run that wrote it);
+    otherwise reconstructed, and written to the cache when there is one.
+    """
+    key = None
+    if cache is not None:
+        key = cache.key(case.kspace, case.metadata.to_dict(), sampling, mask_seed, runner.name,
+                        runner.description, runner.device)
+        entry = cache.load(key, tuple(case.reference.shape))
+        if entry is not None:
+            return entry.magnitude, entry.seconds_per_slice, True
+    images = runner(case.kspace, sampling, case.metadata)
+    magnitude = images.abs().numpy().astype(np.float32)
+    seconds = runner.seconds_per_slice[-1]
+    if cache is not None and key is not None:
+        cache.store(key, magnitude, seconds, runner.device, {
+            "case": case.spec, "method": runner.name, "description": runner.description, "pattern": sampling.pattern,
+            "r_effective": sampling.r_effective, "mask_seed": int(mask_seed)})
+    return magnitude, seconds, False
