@@ -388,8 +388,11 @@ def run_fidelity(
                         "reconstruction_cached": cached,
                     }
                     result.runs.append(run)
-                    strip["recons"][(runner.name, pattern, float(accel))] = (magnitude[mid, ed], labels[mid, ed_in_stack])
-                    strip["recons_es"][(runner.name, pattern, float(accel))] = (magnitude[mid, es], labels[mid, es_in_stack])
+                    # copies: a view would keep every run's whole [slice, time, y, x] stack alive until the report
+                    strip["recons"][(runner.name, pattern, float(accel))] = (
+                        magnitude[mid, ed].copy(), labels[mid, ed_in_stack].copy())
+                    strip["recons_es"][(runner.name, pattern, float(accel))] = (
+                        magnitude[mid, es].copy(), labels[mid, es_in_stack].copy())
     result.seconds_total = time.perf_counter() - t_start
     return result
 
