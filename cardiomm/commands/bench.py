@@ -49,8 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--device", default="auto", help="auto, cpu or cuda")
     f.add_argument("--recon-cache", type=Path, default=None, metavar="DIR",
                    help="keep every reconstruction's magnitude in DIR and read it back on a rerun with the same data, "
-                        "mask, method, checkpoint, device and reconstruction code (e.g. after changing the segmenter); "
-                        "cached runs report the seconds of the run that wrote them")
+                        "mask, method, checkpoint, device and reconstruction code (e.g. after changing the segmenter, or "
+                        "after an interrupted run); cached runs report the seconds of the run that wrote them")
     f.set_defaults(func=run_fidelity_command)
 
 

@@ -6,7 +6,8 @@ segmenter or the report.  With a cache folder, every reconstruction's magnitude
 (float32 ``[slice, time, y, x]``, exactly what the scoring reads) is stored under a key, and a
 later run with the same key reads it back instead of reconstructing.  The results are then
 identical to a run without the cache; only the seconds per slice are those measured when the
-entry was written (each run says so: ``"reconstruction_cached": true``).
+entry was written (each run says so: ``"reconstruction_cached": true``).  A run that was
+interrupted keeps the reconstructions it finished, so running the same command again resumes it.
 
 The key is the sha256 of everything the reconstruction depends on:
 
