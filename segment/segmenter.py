@@ -165,11 +165,27 @@ class CardiacSegmenter:
             out.append(o["logits"].softmax(1).cpu())
         return torch.cat(out)
 
+    @torch.inference_mode()
+    def probabilities_on_grid(self, grid01: torch.Tensor) -> torch.Tensor:
+        """Class probabilities ``[n, 4, 256, 256]`` of ``[n, 256, 256]`` grid images in ``[0, 1]``.
+
+        Encoded and decoded batch by batch, so that only one batch's encoder features are held
+        (about 8 MB per image: 1.6 GB for a 10-slice, 20-frame stack if kept).  The numbers are
+        those of ``probabilities_from_features(encode(grid01), grid01)`` bit for bit with one image
+        per batch (the CPU default); with larger batches ``torch.cat`` in :meth:`encode` may hand
+        the decoder another memory layout, and the two differ by rounding (under 1e-4).
+        """
+        out = []
+        for i in range(0, len(grid01), self.batch_size):
+            batch = grid01[i: i + self.batch_size].to(self.device)
+            feats = self.encoder(batch)
+            out.append(self.decoder(feats.embedding.float(), feats.stage1.float(), batch)["logits"].softmax(1).cpu())
+        return torch.cat(out)
+
     def probabilities_in(self, normed: np.ndarray, geom: GridGeometry) -> torch.Tensor:
         """Probabilities ``[n, 4, y, x]`` of normalised images ``[n, y, x]`` put on the model grid by
         ``geom`` (whole field of view or a window; outside a window: background)."""
-        grid = to_model_grid(normed, geom)
-        return _on_image(self.probabilities_from_features(self.encode(grid), grid), geom)
+        return _on_image(self.probabilities_on_grid(to_model_grid(normed, geom)), geom)
 
     def heart_windows(self, probs: torch.Tensor, pixel_spacing_mm: Sequence[float]) -> list[GridGeometry] | None:
         """Second-pass windows from first-pass probabilities ``[g, 4, y, x]`` (one image per slice).
@@ -232,7 +248,7 @@ class CardiacSegmenter:
         if windows is None:  # no heart anywhere: the first pass is all there is
             return first if fps == 1 else self.probabilities_in(normed_arr, full)
         grids = torch.cat([to_model_grid(normed_arr[g * fps: (g + 1) * fps], w) for g, w in enumerate(windows)])
-        probs = self.probabilities_from_features(self.encode(grids), grids)
+        probs = self.probabilities_on_grid(grids)
         return torch.cat([_on_image(probs[g * fps: (g + 1) * fps], w) for g, w in enumerate(windows)])
 
     # ---- public API ---------------------------------------------------------------------

@@ -464,8 +464,8 @@ def test_second_pass_finds_the_heart_once_per_slice(segmenter, phantom):
     from segment.segmenter import ZoomSettings
 
     calls: list[int] = []
-    encode = segmenter.encode
-    segmenter.encode = lambda grid: (calls.append(len(grid)), encode(grid))[1]
+    on_grid = segmenter.probabilities_on_grid
+    segmenter.probabilities_on_grid = lambda grid: (calls.append(len(grid)), on_grid(grid))[1]
     segmenter.zoom = ZoomSettings()
     try:
         s = phantom.labels.shape[0] // 2
@@ -473,12 +473,33 @@ def test_second_pass_finds_the_heart_once_per_slice(segmenter, phantom):
         assert "heart-centred window" in segmenter.describe()
     finally:
         segmenter.zoom = None
-        del segmenter.encode
+        del segmenter.probabilities_on_grid
     assert calls == [2, 4]  # first frame of each of the 2 slices, then all 4 images in their windows
     assert labels.shape == (2, 2, *phantom.images.shape[-2:]) and labels.dtype == np.uint8
     for i in range(2):
         for f in range(2):
             assert dice(labels[i, f] == 1, phantom.labels[s + i, f] == 1) > PHANTOM_LV_DICE_MIN
+
+
+def test_streamed_probabilities_are_those_of_the_stored_features(segmenter, phantom):
+    """Encoding and decoding batch by batch (features of one batch held at a time) changes no number."""
+    from segment.preprocess import GridGeometry, normalize_intensity, to_model_grid
+
+    s = phantom.labels.shape[0] // 2
+    images = np.stack([normalize_intensity(im) for im in phantom.images[s, :3]])
+    grid = to_model_grid(images, GridGeometry.for_shape(images.shape[-2:]))
+    batch_size = segmenter.batch_size
+    try:
+        for segmenter.batch_size in (1, 2):  # one image per batch (the CPU default); two, the second batch short
+            streamed = segmenter.probabilities_on_grid(grid)
+            stored = segmenter.probabilities_from_features(segmenter.encode(grid), grid)
+            assert streamed.shape == (3, 4, 256, 256)
+            if segmenter.batch_size == 1:
+                assert torch.equal(streamed, stored)
+            else:  # torch.cat may change the features' memory layout: rounding only
+                torch.testing.assert_close(streamed, stored, rtol=0, atol=1e-4)
+    finally:
+        segmenter.batch_size = batch_size
 
 
 def test_segmenter_rejects_bad_input(segmenter):
