@@ -159,7 +159,8 @@ def load_case(
 ) -> FidelityCase:
     """Load a fully sampled case from a source spec (see :mod:`cardiomm.data.sources`)."""
     src = load_source(spec, n_coils=n_coils, seed=seed, snr_db=snr_db, slices=slices)
-    reference = rss(ifft2c(src.kspace)).numpy().astype(np.float32)
+    # slice by slice: the coil images of a whole scan at once are a second copy of its k-space, and more
+    reference = np.stack([rss(ifft2c(k)).numpy().astype(np.float32) for k in src.kspace])
     labels = None if src.labels is None else src.labels.numpy()
     truth = src.truth if slices is None else None  # the truth is for the whole scan
     noise_free = None if src.noise_free is None else src.noise_free.abs().numpy().astype(np.float32)
