@@ -16,9 +16,11 @@ The key is the sha256 of everything the reconstruction depends on:
 * the method: name, :attr:`~cardiomm.fidelity.methods.MethodRunner.description` (parameters,
   checkpoint sha256) and device type (CPU and GPU results differ in rounding);
 * the code: the source of :mod:`recon`, :mod:`cardiomm.model`, :mod:`cardiomm.batch`,
-  :mod:`cardiomm.data`, :mod:`cardiomm.inference` and :mod:`cardiomm.fidelity.methods`, and the
-  torch and numpy versions.  Any edit there starts the cache afresh; an edit to the segmenter
-  (:mod:`segment`) or the reports does not.
+  :mod:`cardiomm.inference`, :mod:`cardiomm.fidelity.methods` and the two data modules the
+  network's input goes through (:mod:`cardiomm.data.datasets`: its normalisation;
+  :mod:`cardiomm.data.metadata`: its context), and the torch and numpy versions.  Any edit there
+  starts the cache afresh; an edit to the segmenter (:mod:`segment`), the readers and simulation
+  (their k-space is in the key) or the reports does not.
 
 A runner built by hand (not by :func:`~cardiomm.fidelity.methods.make_method`) is keyed by its
 name and description only: the cache cannot see its code.
@@ -54,8 +56,8 @@ CACHE_FORMAT = 1
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 #: Source files and folders (relative to the repository root) whose code makes the reconstructions.
-_CODE = ("recon", "cardiomm/model", "cardiomm/batch", "cardiomm/data", "cardiomm/inference.py",
-         "cardiomm/fidelity/methods.py")
+_CODE = ("recon", "cardiomm/model", "cardiomm/batch", "cardiomm/inference.py", "cardiomm/fidelity/methods.py",
+         "cardiomm/data/datasets.py", "cardiomm/data/metadata.py")
 
 
 def code_digest(root: Path = _PACKAGE_ROOT, parts: tuple[str, ...] = _CODE) -> str:
