@@ -95,7 +95,7 @@ class ReconstructionCache:
 
     Args:
         root: the cache folder (created on the first write).
-        warn: called with a message when an entry cannot be read (it is then recomputed).
+        warn: called with a message when an entry cannot be read (it is then recomputed) or written.
     """
 
     def __init__(self, root: str | os.PathLike[str], warn: Callable[[str], None] | None = None) -> None:
