@@ -175,12 +175,8 @@ class CardiacSegmenter:
         per batch (the CPU default); with larger batches ``torch.cat`` in :meth:`encode` may hand
         the decoder another memory layout, and the two differ by rounding (under 1e-4).
         """
-        out = []
-        for i in range(0, len(grid01), self.batch_size):
-            batch = grid01[i: i + self.batch_size].to(self.device)
-            feats = self.encoder(batch)
-            out.append(self.decoder(feats.embedding.float(), feats.stage1.float(), batch)["logits"].softmax(1).cpu())
-        return torch.cat(out)
+        return torch.cat([self.probabilities_from_features(self.encoder(batch.to(self.device)), batch)
+                          for batch in grid01.split(self.batch_size)])
 
     def probabilities_in(self, normed: np.ndarray, geom: GridGeometry) -> torch.Tensor:
         """Probabilities ``[n, 4, y, x]`` of normalised images ``[n, y, x]`` put on the model grid by

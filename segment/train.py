@@ -15,8 +15,6 @@ cache that is complete and was built from the same config section is kept.  ``fi
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -24,6 +22,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 import yaml
+
+from cardiomm.digests import json_sha256
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -35,7 +35,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
 
 def fingerprint(*parts: Any) -> str:
     """Short hash of config sections (JSON, sorted keys): what a cache was built from."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_sha256(parts)[:16]
 
 
 #: Config sections that add a cache of their own (``<section>.cache_dir``), in training order; ``zoom``

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from cardiomm.atomic import atomic_path, write_json_atomic
+from cardiomm.digests import array_sha256, json_sha256
 from recon.masks import SamplingMask
 
 __all__ = ["CACHE_FORMAT", "CachedReconstruction", "ReconstructionCache", "code_digest"]
@@ -73,12 +74,7 @@ def code_digest(root: Path = _PACKAGE_ROOT, parts: tuple[str, ...] = _CODE) -> s
 
 
 def _tensor_digest(t: torch.Tensor | None) -> str | None:
-    if t is None:
-        return None
-    a = np.ascontiguousarray(t.detach().cpu().numpy())
-    digest = hashlib.sha256(f"{a.dtype.str} {a.shape}".encode())
-    digest.update(memoryview(a).cast("B"))
-    return digest.hexdigest()
+    return None if t is None else array_sha256(t.detach().cpu().numpy())
 
 
 @dataclass
@@ -87,7 +83,6 @@ class CachedReconstruction:
 
     magnitude: np.ndarray
     seconds_per_slice: float
-    device: str
 
 
 class ReconstructionCache:
@@ -133,8 +128,7 @@ class ReconstructionCache:
             "description": description,
             "device": torch.device(device).type,
         }
-        text = json.dumps(parts, sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()
+        return json_sha256(parts)
 
     def _paths(self, key: str) -> tuple[Path, Path]:
         return self.root / f"{key}.npy", self.root / f"{key}.json"
@@ -150,7 +144,7 @@ class ReconstructionCache:
             magnitude = np.load(array_path, allow_pickle=False)
             if magnitude.dtype != np.float32 or tuple(magnitude.shape) != tuple(shape):
                 raise ValueError(f"holds {magnitude.dtype} {list(magnitude.shape)}, expected float32 {list(shape)}")
-            entry = CachedReconstruction(magnitude, float(info["seconds_per_slice"]), str(info["device"]))
+            entry = CachedReconstruction(magnitude, float(info["seconds_per_slice"]))
         except (OSError, ValueError, KeyError, TypeError, EOFError) as err:
             if self.warn is not None:
                 self.warn(f"reconstruction cache entry {array_path} is unreadable ({err}); reconstructing again")
