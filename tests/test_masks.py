@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from recon.masks import (
+    DENSITIES,
     PATTERNS,
     R_TOLERANCE,
     SamplingMask,
@@ -107,6 +108,34 @@ def test_kt_gaussian_density_concentrates_at_centre() -> None:
     centre = freq[128 - 16 : 128 + 16].mean()
     edge = torch.cat([freq[:32], freq[-32:]]).mean()
     assert centre > 2.5 * edge > 0
+
+
+def test_kt_focuss_density_is_steeper_and_keeps_the_budget() -> None:
+    """At 24x without a per-frame ACS the kt-FOCUSS density puts more lines near the centre than the
+    default one, with the same count in every frame and the same calibration coverage."""
+    shape = (200, 256, 8)
+    broad = make_mask("kt_gaussian", 24, shape, seed=3)
+    steep = make_mask("kt_gaussian", 24, shape, seed=3, density="kt-focuss")
+    assert broad.density == DENSITIES[0] == "broad" and steep.density == "kt-focuss"
+    assert torch.equal(broad.mask, make_mask("kt_gaussian", 24, shape, seed=3, density="broad").mask)
+    assert torch.equal(broad.samples_per_frame, steep.samples_per_frame)
+    assert steep.calibration == broad.calibration == "time_average" and steep.union_coverage == 1.0
+    assert steep.r_effective == broad.r_effective
+    b, s = _lines(broad).double().mean(dim=0), _lines(steep).double().mean(dim=0)
+    inner = slice(128 - 13, 128 + 13)  # |ky| < ny / 20
+    outer = torch.cat([b[:64], b[-64:]]).mean(), torch.cat([s[:64], s[-64:]]).mean()  # |ky| >= ny / 4
+    assert s[inner].mean() > 1.5 * b[inner].mean()  # measured 0.146 vs 0.080 (seed 3)
+    assert outer[1] < 0.5 * outer[0]  # measured 0.005 vs 0.022
+    assert s[128] > 1.5 * b[128]  # the centre line, in more frames: 0.16 vs 0.09
+    assert "kt-focuss density" in steep.describe() and "density" not in broad.describe()
+
+
+def test_density_is_recorded_for_kt_gaussian_only() -> None:
+    assert make_mask("kt_radial", 8, (4, 32, 32)).density is None
+    assert make_mask("kt_gaussian", 8, (4, 32, 32)).density == "broad"
+    with pytest.raises(ValueError, match="density"):
+        SamplingMask(mask=torch.ones(2, 4, 4, dtype=torch.bool), acs=None, pattern="kt_gaussian", requested_accel=1,
+                     convention="effective", calibration="time_average", seed=0, density="steep")
 
 
 def test_kt_radial_spokes_go_through_centre_and_rotate() -> None:
@@ -269,6 +298,8 @@ def test_seeds_reproducible(pattern: str) -> None:
         (("uniform", 24, (1, 64, 64)), {"acs_lines": 0}, r"R=24 cannot be reached.*\[1, 64, 64\].*achievable R is 21.3"),
         (("kt_gaussian", 200, (12, 64, 64)), {"convention": "cmrxrecon"}, "0 further"),
         (("kt_gaussian", 1.5, (12, 64, 64)), {"convention": "cmrxrecon", "acs_lines": 40}, "more than the 64"),
+        (("kt_gaussian", 4, (12, 64, 64)), {"density": "steep"}, "unknown kt_gaussian density 'steep'.*kt-focuss"),
+        (("kt_radial", 4, (12, 64, 64)), {"density": "kt-focuss"}, "kt_gaussian only, not to kt_radial"),
     ],
 )
 def test_bad_input_messages(args: tuple, kwargs: dict, match: str) -> None:
