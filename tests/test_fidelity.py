@@ -186,6 +186,31 @@ def test_frame_modes_of_the_parsers_are_the_runner_s():
         parser.parse_args(["bench", "fidelity", "phantom:1", "--segment-frames", "mid"])
 
 
+def test_kt_gaussian_density_reaches_the_masks_and_the_report(case):
+    """``density`` changes the kt_gaussian masks only; every run and summary row says which density it used."""
+    seen = []
+
+    def run(kspace, sampling, metadata):
+        seen.append(sampling)
+        return rss(ifft2c(kspace)).to(torch.complex64)
+
+    recorder = MethodRunner("identity", torch.device("cpu"), run)
+    broad = run_fidelity([case], [recorder], BrightnessSegmenter(), accels=[16], patterns=["kt_gaussian"])
+    steep = run_fidelity([case], [recorder], BrightnessSegmenter(), accels=[16], patterns=["kt_gaussian", "kt_radial"],
+                         density="kt-focuss")
+    assert [m.density for m in seen] == ["broad", "kt-focuss", None]
+    assert not torch.equal(seen[0].mask, seen[1].mask)
+    assert seen[0].r_effective == seen[1].r_effective
+    assert [r["mask_density"] for r in broad.runs] == ["broad"]
+    assert [r["mask_density"] for r in steep.runs] == ["kt-focuss", None]
+    assert [r["mask_density"] for r in steep.summary()] == ["kt-focuss", None]
+    labels = sorted(row[1] for row in rep.summary_table_rows(steep)[1])
+    assert labels == ["kt_gaussian (kt-focuss density)", "kt_radial"]
+    assert rep.summary_table_rows(broad)[1][0][1] == "kt_gaussian"
+    with pytest.raises(ValueError, match="density"):
+        run_fidelity([case], [recorder], BrightnessSegmenter(), accels=[16], density="steep")
+
+
 def test_bad_inputs(case):
     with pytest.raises(ValueError, match="unknown method"):
         make_method("nope", "cpu")

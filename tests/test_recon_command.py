@@ -144,6 +144,12 @@ def test_resume_skips_finished_and_a_corrupted_file_is_counted(scans: Path, tmp_
     assert main(["recon", str(inputs / "scan0.h5"), "--out", str(out), "--method", "zero-filled", "--accel", "4",
                  "--overwrite", "--quiet"]) == 0
     assert _summary(out)[-1]["r_effective"] == pytest.approx(4.0, rel=0.05)
+    # the same R with the kt-FOCUSS density is another mask: not reused either
+    steep = ["recon", str(inputs / "scan0.h5"), "--out", str(out), "--method", "zero-filled", "--accel", "4",
+             "--density", "kt-focuss", "--quiet"]
+    assert main(steep) == 1 and "--overwrite" in _summary(out)[-1]["error"]
+    assert main([*steep, "--overwrite"]) == 0
+    assert "kt-focuss density" in _summary(out)[-1]["sampling"]["description"]
 
 
 def test_prospectively_undersampled_file_keeps_its_mask(scans: Path, tmp_path: Path) -> None:
@@ -343,3 +349,14 @@ def test_cmrxrecon_mat_files_full_and_point_undersampled(scans: Path, tmp_path: 
                  "--accel", "4", "--mask", "kt_gaussian", "--quiet"]) == 0
     (record,) = _summary(out2)
     assert record["sampling"]["undersampling"] == "retrospective" and record["r_effective"] == pytest.approx(4, rel=0.1)
+
+
+def test_default_density_keeps_the_fingerprint_of_earlier_versions() -> None:
+    """Output folders finished before ``--density`` existed are still recognised as finished."""
+    from cardiomm.batch.job import ReconSettings
+    from cardiomm.batch.prepare import Undersampling
+
+    before = {"accel": 8.0, "pattern": "kt_gaussian", "seed": 0, "convention": "effective", "acs_lines": 16}
+    assert ReconSettings(undersampling=Undersampling(8.0)).fingerprint()["undersampling"] == before
+    steep = ReconSettings(undersampling=Undersampling(8.0, density="kt-focuss")).fingerprint()["undersampling"]
+    assert steep == {**before, "density": "kt-focuss"}

@@ -62,6 +62,17 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+def _undersampling_fingerprint(u: Undersampling | None) -> dict[str, Any] | None:
+    """``u`` as a dict; the default ``kt_gaussian`` density is left out, so that output folders
+    written before the density option existed are still recognised as finished."""
+    if u is None:
+        return None
+    d = asdict(u)
+    if d.get("density") == "broad":
+        d.pop("density")
+    return d
+
+
 @dataclass(frozen=True)
 class ReconSettings:
     """How every input of a batch is reconstructed.
@@ -90,7 +101,7 @@ class ReconSettings:
         """The settings that change the outputs (a finished input is redone only if these differ)."""
         return {
             "method": self.method,
-            "undersampling": None if self.undersampling is None else asdict(self.undersampling),
+            "undersampling": _undersampling_fingerprint(self.undersampling),
             "checkpoint": None if self.checkpoint is None else os.fspath(Path(self.checkpoint).resolve()),
             "image_type": self.image_type,
             "previews": sorted(self.previews),

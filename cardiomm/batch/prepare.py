@@ -58,6 +58,7 @@ class Undersampling:
         seed: slice ``s`` uses ``seed + s``.
         convention: ``"effective"`` or ``"cmrxrecon"``.
         acs_lines: width of the central calibration region (lines).
+        density: ky density of ``kt_gaussian`` (:data:`recon.masks.DENSITIES`).
     """
 
     accel: float
@@ -65,6 +66,7 @@ class Undersampling:
     seed: int = 0
     convention: str = "effective"
     acs_lines: int = 16
+    density: str = "broad"
 
 
 @dataclass
@@ -252,7 +254,8 @@ def prepare_scan(scan: KSpaceScan, undersampling: Undersampling | None, path: st
             )
         u = undersampling
         masks = [
-            make_mask(u.pattern, u.accel, (nt, ny, nx), seed=u.seed + s, acs_lines=u.acs_lines, convention=u.convention)
+            make_mask(u.pattern, u.accel, (nt, ny, nx), seed=u.seed + s, acs_lines=u.acs_lines, convention=u.convention,
+                      density=u.density)
             for s in range(n_sl)
         ]
         mask = torch.stack([m.mask for m in masks]) & file_mask

@@ -27,6 +27,8 @@ DEFAULT_ACCELS = [4.0, 8.0, 12.0, 16.0, 20.0, 24.0]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from recon.masks import DENSITIES
+
     p = sub.add_parser("bench", help="benchmarks (fidelity: image, segmentation and biomarker errors vs R)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     bench_sub = p.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
@@ -36,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--out", type=Path, default=Path("fidelity_out"))
     f.add_argument("--accels", type=float, nargs="+", default=DEFAULT_ACCELS, help="effective R values")
     f.add_argument("--patterns", nargs="+", default=["kt_gaussian"], help="mask patterns")
+    f.add_argument("--density", choices=DENSITIES, default=DENSITIES[0],
+                   help="ky density of the kt_gaussian masks: broad (default, close to CMRxRecon's) or kt-focuss "
+                        "(steeper; see recon.masks)")
     f.add_argument("--methods", nargs="+", default=["cardiomm", "zero-filled", "cg-sense", "kt-sparse"])
     f.add_argument("--checkpoint", type=Path, default=None, help="CardioMM checkpoint (default: the shipped one)")
     f.add_argument("--segmenter-weights", type=Path, default=None,
@@ -65,11 +70,14 @@ def run_fidelity_command(args: argparse.Namespace) -> int:
     from cardiomm.fidelity.methods import METHOD_NAMES, make_method
     from cardiomm.fidelity.runner import describe_segmenter, load_case, run_fidelity
     from cardiomm.machine import machine_info, machine_line
+    from recon.masks import DENSITIES
     from segment.segmenter import CardiacSegmenter
 
     unknown = [m for m in args.methods if m not in METHOD_NAMES]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHOD_NAMES)}")
+    if args.density != DENSITIES[0] and "kt_gaussian" not in args.patterns:
+        raise ValueError(f"--density {args.density} applies to the kt_gaussian pattern, which --patterns leaves out")
     console = Console()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -102,7 +110,8 @@ def run_fidelity_command(args: argparse.Namespace) -> int:
             progress.update(task, description=description)
 
         result = run_fidelity(cases, methods, segmenter, accels=args.accels, patterns=args.patterns,
-                              mask_seed=args.seed, frames=args.segment_frames, on_step=step, cache=cache)
+                              mask_seed=args.seed, frames=args.segment_frames, on_step=step, cache=cache,
+                              density=args.density)
         progress.advance(task)
     report = result.to_dict()
     report["failed_sources"] = failed

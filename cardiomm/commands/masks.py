@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Make a reproducible cine sampling mask. R is the effective acceleration (grid samples / "
         "samples kept, calibration included) unless --convention cmrxrecon.",
     )
-    from recon.masks import CALIBRATIONS, CONVENTIONS, PATTERNS
+    from recon.masks import CALIBRATIONS, CONVENTIONS, DENSITIES, PATTERNS
 
     p.add_argument("--pattern", choices=PATTERNS, default="kt_gaussian")
     p.add_argument("--accel", type=float, default=24.0, help="acceleration R")
@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--acs-lines", type=int, default=16)
     p.add_argument("--convention", choices=CONVENTIONS, default="effective")
     p.add_argument("--calibration", choices=CALIBRATIONS, default="auto")
+    p.add_argument("--density", choices=DENSITIES, default=DENSITIES[0],
+                   help="ky density of kt_gaussian: broad (default, close to CMRxRecon's) or kt-focuss (steeper)")
     p.add_argument("--png", type=Path, help="write a picture of the first frames and the time average")
     p.add_argument("--npy", type=Path, help="write the bool mask [time, ky, kx] as .npy")
     p.set_defaults(func=run)
@@ -36,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     m = make_mask(
         args.pattern, args.accel, tuple(args.shape), seed=args.seed, acs_lines=args.acs_lines,
-        convention=args.convention, calibration=args.calibration,
+        convention=args.convention, calibration=args.calibration, density=args.density,
     )
     print(m.describe())
     print(f"CMRxRecon name: {cmrxrecon_name(m)}")

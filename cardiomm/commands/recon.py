@@ -63,7 +63,7 @@ ITERATIVE = ("cg-sense", "cs", "kt-sparse", "lps", "st-tv")
 
 def register(sub: argparse._SubParsersAction) -> None:
     from cardiomm.batch.engines import METHODS
-    from recon.masks import CONVENTIONS, PATTERNS
+    from recon.masks import CONVENTIONS, DENSITIES, PATTERNS
 
     p = sub.add_parser(
         "recon",
@@ -83,6 +83,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--accel", type=float, help="acceleration R (without it, inputs are reconstructed as they are)")
     g.add_argument("--mask", choices=PATTERNS, default="kt_gaussian", help="sampling pattern (default kt_gaussian)")
     g.add_argument("--seed", type=int, default=0, help="mask seed; slice s uses seed + s (default 0)")
+    g.add_argument("--density", choices=DENSITIES, default=DENSITIES[0],
+                   help="ky density of --mask kt_gaussian: broad (default, close to CMRxRecon's) or kt-focuss (steeper)")
     g.add_argument("--convention", choices=CONVENTIONS, default="effective", help="how --accel is counted")
     g.add_argument("--acs-lines", type=int, default=16, help="central calibration lines (default 16)")
     o = p.add_argument_group("outputs")
@@ -108,6 +110,7 @@ class SetupError(Exception):
 def _settings(args: argparse.Namespace) -> ReconSettings:
     from cardiomm.batch.job import ReconSettings
     from cardiomm.batch.prepare import Undersampling
+    from recon.masks import DENSITIES
 
     if args.batch_size < 0:
         raise SetupError(f"--batch-size must be >= 1 (or 0 for the device's default), got {args.batch_size}")
@@ -124,7 +127,10 @@ def _settings(args: argparse.Namespace) -> ReconSettings:
     if args.accel is not None:
         if not args.accel >= 1:
             raise SetupError(f"--accel must be >= 1, got {args.accel}")
-        under = Undersampling(float(args.accel), args.mask, int(args.seed), args.convention, int(args.acs_lines))
+        if args.density != DENSITIES[0] and args.mask != "kt_gaussian":
+            raise SetupError(f"--density {args.density} applies to --mask kt_gaussian only, not to {args.mask}")
+        under = Undersampling(float(args.accel), args.mask, int(args.seed), args.convention, int(args.acs_lines),
+                              args.density)
     previews = {"both": ("png", "gif"), "png": ("png",), "gif": ("gif",), "none": ()}[args.preview]
     return ReconSettings(
         method=args.method, undersampling=under, checkpoint=None if args.checkpoint is None else str(args.checkpoint),

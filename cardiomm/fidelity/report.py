@@ -24,6 +24,7 @@ from cardiomm.atomic import atomic_path  # noqa: E402
 from cardiomm.data.labels import LABEL_OVERLAY_RGBA  # noqa: E402
 from cardiomm.fidelity.methods import METHOD_LABELS  # noqa: E402
 from cardiomm.fidelity.runner import BIOMARKERS, FidelityResult  # noqa: E402
+from recon.masks import DENSITIES  # noqa: E402
 
 #: Overlay colours of labels 1 (LV blood), 2 (LV myocardium), 3 (RV blood).
 LABEL_COLOURS = ListedColormap(LABEL_OVERLAY_RGBA)
@@ -166,6 +167,11 @@ def fmt(v: Any, digits: int = 2) -> str:
     return str(v)
 
 
+def pattern_label(pattern: str, density: str | None) -> str:
+    """``pattern``, with the ``kt_gaussian`` density when it is not the default one."""
+    return pattern if density in (None, DENSITIES[0]) else f"{pattern} ({density} density)"
+
+
 def summary_table_rows(result: FidelityResult) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the summary table (one row per method, pattern and R)."""
     summary = sorted(result.summary(), key=lambda r: (r["pattern"], r["accel_requested"], r["method"]))
@@ -176,7 +182,7 @@ def summary_table_rows(result: FidelityResult) -> tuple[list[str], list[list[str
     header += [f"d{BIOMARKER_LABELS[k]} bias [LoA]" for k in BIOMARKERS] + ["s/slice"]
     rows = []
     for r in summary:
-        row = [_label(r["method"]), r["pattern"], fmt(r["r_effective"], 1), fmt(r["r_cmrxrecon"], 1),
+        row = [_label(r["method"]), pattern_label(r["pattern"], r.get("mask_density")), fmt(r["r_effective"], 1), fmt(r["r_cmrxrecon"], 1),
                fmt(r["psnr_db"]), fmt(r["ssim"], 3)]
         row += [fmt(r["psnr_db_noise_free"]), fmt(r["ssim_noise_free"], 3)] if truth else []
         row += [fmt(r["dice"]["lv"], 3), fmt(r["dice"]["myo"], 3), fmt(r["dice"]["rv"], 3)]

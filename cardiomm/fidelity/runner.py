@@ -56,7 +56,7 @@ from cardiomm.fidelity.agreement import bland_altman, dice_per_class
 from cardiomm.fidelity.cache import ReconstructionCache
 from cardiomm.fidelity.methods import MethodRunner
 from recon.conventions import ifft2c, rss
-from recon.masks import SamplingMask, make_mask
+from recon.masks import DENSITIES, SamplingMask, make_mask
 from recon.metrics import image_metrics
 from segment.biomarkers import compute_biomarkers
 
@@ -253,6 +253,7 @@ class FidelityResult:
             row: dict[str, Any] = {
                 "method": method,
                 "pattern": pattern,
+                "mask_density": runs[0].get("mask_density"),
                 "accel_requested": accel,
                 "r_effective": _mean([r["r_effective"] for r in runs]),
                 "r_cmrxrecon": _mean([r["r_cmrxrecon"] for r in runs]),
@@ -299,6 +300,7 @@ def run_fidelity(
     frames: str = "all",
     on_step: Callable[[str], None] | None = None,
     cache: ReconstructionCache | None = None,
+    density: str = DENSITIES[0],
 ) -> FidelityResult:
     """Undersample, reconstruct, segment and score every case at every (pattern, R) and method.
 
@@ -317,9 +319,13 @@ def run_fidelity(
         on_step: called with a description before every reconstruction (progress display).
         cache: read reconstructions from (and write them to) this cache
             (:class:`~cardiomm.fidelity.cache.ReconstructionCache`); None reconstructs everything.
+        density: ky density of the ``kt_gaussian`` masks (:data:`recon.masks.DENSITIES`); the other
+            patterns have none.
     """
     if frames not in FRAME_MODES:
         raise ValueError(f"frames must be one of {FRAME_MODES}, got {frames!r}")
+    if density not in DENSITIES:
+        raise ValueError(f"density must be one of {DENSITIES}, got {density!r}")
     result = FidelityResult()
     t_start = time.perf_counter()
     for case in cases:
@@ -357,7 +363,8 @@ def run_fidelity(
             "slice": mid, "frame": ed, "es_frame": es, "recons": {}, "recons_es": {}})
         for pattern in patterns:
             for accel in accels:
-                sampling = make_mask(pattern, float(accel), tuple(case.kspace.shape[-3:]), seed=mask_seed)
+                sampling = make_mask(pattern, float(accel), tuple(case.kspace.shape[-3:]), seed=mask_seed,
+                                     density=density if pattern == "kt_gaussian" else DENSITIES[0])
                 for runner in methods:
                     if on_step is not None:
                         on_step(f"{case.name} {pattern} R={float(accel):g} {runner.name}")
@@ -369,6 +376,7 @@ def run_fidelity(
                         "case": case.name,
                         "method": runner.name,
                         "pattern": pattern,
+                        "mask_density": sampling.density,
                         "accel_requested": float(accel),
                         "r_effective": sampling.r_effective,
                         "r_cmrxrecon": sampling.r_cmrxrecon,
