@@ -294,6 +294,25 @@ def test_discrete_accelerations_and_cmrxrecon_convention():
         assert item["context"]["r_effective"] < item["context"]["r_cmrxrecon"]
 
 
+def test_kt_gaussian_density_of_the_training_masks():
+    """One density keeps the draws of the default (same pattern, R and seed) with that density's lines;
+    several are drawn per item."""
+    opts = dict(n_coils=NC, deterministic=True, seed=1, patterns=("kt_gaussian",), accelerations=[12, 24])
+    broad = CineSliceDataset([phantom_spec(3)], **opts)
+    steep = CineSliceDataset([phantom_spec(3)], densities=["kt-focuss"], **opts)
+    a, b = broad[2], steep[2]
+    assert a["requested_r"] == b["requested_r"] and int(a["mask"].sum()) == int(b["mask"].sum())
+    assert not torch.equal(a["mask"], b["mask"])
+    both = CineSliceDataset([phantom_spec(3)], densities=["broad", "kt-focuss"], **opts)
+    rng = np.random.default_rng(0)
+    drawn = {both._draw_mask(rng, (NT, NY, NX), "test")[0].density for _ in range(20)}
+    assert drawn == {"broad", "kt-focuss"}
+    radial = CineSliceDataset([phantom_spec(3)], n_coils=NC, patterns=("kt_radial",), densities=["kt-focuss"])
+    assert radial._draw_mask(rng, (NT, NY, NX), "test")[0].density is None  # the density is kt_gaussian's only
+    with pytest.raises(ValueError, match="densities"):
+        CineSliceDataset([phantom_spec(3)], n_coils=NC, densities=["steep"])
+
+
 def test_frames_crop_and_resample():
     crop = CineSliceDataset([phantom_spec(3)], n_coils=NC, frames=5, crop=(64, 80), deterministic=True)
     item = crop[0]

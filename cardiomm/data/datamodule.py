@@ -63,6 +63,8 @@ class CineDataModule(lightning.LightningDataModule):
         pin_memory: pin batches in page-locked memory (for GPU training).
         reference: the training and validation target, ``"fully_sampled"`` or ``"noise_free"``
             (the noiseless truth of simulated sources; see :class:`CineSliceDataset`).
+        densities: ky densities of ``kt_gaussian`` masks, e.g. ``[broad, kt-focuss]`` (one drawn per
+            training item; validation and test items too, from their fixed seeds); None = ``[broad]``.
     """
 
     def __init__(
@@ -87,6 +89,7 @@ class CineDataModule(lightning.LightningDataModule):
         cache_size: int = 2,
         pin_memory: bool = False,
         reference: str = "fully_sampled",
+        densities: list[str] | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -121,6 +124,7 @@ class CineDataModule(lightning.LightningDataModule):
         self.cache_size = cache_size
         self.pin_memory = pin_memory
         self.reference = reference
+        self.densities = tuple(densities) if densities else ("broad",)
         self.train_dataset: CineSliceDataset | None = None
         self.val_dataset: CineSliceDataset | None = None
         self.test_dataset: CineSliceDataset | None = None
@@ -142,6 +146,7 @@ class CineDataModule(lightning.LightningDataModule):
             seed=seed,
             cache_size=self.cache_size,
             reference=self.reference,
+            densities=self.densities,
         )
 
     def setup(self, stage: str | None = None) -> None:

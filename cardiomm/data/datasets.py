@@ -81,7 +81,7 @@ from cardiomm.data.sources import (
     open_source,
 )
 from recon.conventions import fft2c, ifft2c, rss, shape_str
-from recon.masks import CONVENTIONS, PATTERNS, SamplingMask, make_mask
+from recon.masks import CONVENTIONS, DENSITIES, PATTERNS, SamplingMask, make_mask
 
 __all__ = [
     "CONTEXT_KEYS",
@@ -182,6 +182,8 @@ class CineSliceDataset(Dataset):
             the fully sampled data, noise included) or ``"noise_free"`` (the noiseless truth of
             simulated sources; measured k-space keeps the fully sampled RSS).  A network trained
             against a noisy target learns to keep the noise of the samples it is given.
+        densities: ky densities of ``kt_gaussian`` masks (:data:`recon.masks.DENSITIES`), one drawn
+            per item when there are several.
     """
 
     def __init__(
@@ -204,8 +206,14 @@ class CineSliceDataset(Dataset):
         cache_size: int = 2,
         normalize: bool = True,
         reference: str = "fully_sampled",
+        densities: Sequence[str] = (DENSITIES[0],),
     ) -> None:
         super().__init__()
+        if isinstance(densities, str):
+            densities = (densities,)
+        self.densities = tuple(densities)
+        if not self.densities or any(d not in DENSITIES for d in self.densities):
+            raise ValueError(f"densities must be a non-empty list of {', '.join(DENSITIES)}, got {list(self.densities)}")
         if reference not in REFERENCES:
             raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}")
         self.reference = reference
@@ -335,6 +343,8 @@ class CineSliceDataset(Dataset):
         else:
             accel = float(self.accelerations[int(rng.integers(len(self.accelerations)))])
         mask_seed = int(rng.integers(2**31 - 1))
+        # drawn only when there is a choice, so that one density keeps the random stream of earlier versions
+        density = self.densities[0] if len(self.densities) == 1 else self.densities[int(rng.integers(len(self.densities)))]
         # A static lattice at an effective R above ~4 leaves no room for calibration lines and its
         # time average covers no centre either, so coil maps could not be calibrated: uniform masks
         # count R outside the ACS lines (CMRxRecon convention, as CMRxRecon's own uniform masks do).
@@ -348,6 +358,7 @@ class CineSliceDataset(Dataset):
                 acs_lines=self.acs_lines,
                 convention=convention,
                 calibration=self.calibration,
+                density=density if pattern == "kt_gaussian" else DENSITIES[0],
             )
         except ValueError as err:
             raise ValueError(f"cannot draw a {pattern} mask with R={accel:.3g} for {where}: {err}") from err
