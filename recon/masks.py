@@ -18,7 +18,8 @@ Patterns (:data:`PATTERNS`)
     uniform floor) centred at ``ny // 2``, different in every frame (CMRxRecon ktGaussian).
     Its density (:data:`DENSITIES`, ``density=``) is ``"broad"`` by default: Gaussian
     standard deviation ``ny / 6`` on a floor of 0.2 of the peak, close to CMRxRecon 2024's
-    (standard deviation ``ny / 7``, floor 0.26).  ``"kt-focuss"`` is the steeper density of
+    (its ``ktGaussianSampling.m`` with the default alpha 0.28: standard deviation ``ny / 7``,
+    floor 0.26 of the peak).  ``"kt-focuss"`` is the steeper density of
     k-t FOCUSS as used for the cine masks of Schlemper et al. (IEEE TMI 2018): standard
     deviation ``ny / 10`` on a floor of ``1 / (2 R)`` of the peak.  At high effective R
     without a per-frame ACS the broad density spends a third of the lines on the floor and

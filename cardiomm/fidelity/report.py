@@ -182,8 +182,8 @@ def summary_table_rows(result: FidelityResult) -> tuple[list[str], list[list[str
     header += [f"d{BIOMARKER_LABELS[k]} bias [LoA]" for k in BIOMARKERS] + ["s/slice"]
     rows = []
     for r in summary:
-        row = [_label(r["method"]), pattern_label(r["pattern"], r.get("mask_density")), fmt(r["r_effective"], 1), fmt(r["r_cmrxrecon"], 1),
-               fmt(r["psnr_db"]), fmt(r["ssim"], 3)]
+        row = [_label(r["method"]), pattern_label(r["pattern"], r.get("mask_density")), fmt(r["r_effective"], 1),
+               fmt(r["r_cmrxrecon"], 1), fmt(r["psnr_db"]), fmt(r["ssim"], 3)]
         row += [fmt(r["psnr_db_noise_free"]), fmt(r["ssim_noise_free"], 3)] if truth else []
         row += [fmt(r["dice"]["lv"], 3), fmt(r["dice"]["myo"], 3), fmt(r["dice"]["rv"], 3)]
         for k in BIOMARKERS:

@@ -426,5 +426,5 @@ def _reconstruct(runner: MethodRunner, case: FidelityCase, sampling: SamplingMas
     if cache is not None and key is not None:
         cache.store(key, magnitude, seconds, runner.device, {
             "case": case.spec, "method": runner.name, "description": runner.description, "pattern": sampling.pattern,
-            "r_effective": sampling.r_effective, "mask_seed": int(mask_seed)})
+            "mask_density": sampling.density, "r_effective": sampling.r_effective, "mask_seed": int(mask_seed)})
     return magnitude, seconds, False
