@@ -348,3 +348,20 @@ def test_property_r_tolerance_or_clear_error(pattern: str, accel: float, nt: int
     elif pattern != "uniform":
         assert m.union_coverage == 1.0
     assert math.isfinite(m.r_effective)
+
+
+def test_masks_command_reports_the_density_and_writes_the_files(tmp_path, capsys) -> None:
+    import numpy as np
+
+    from cardiomm.cli import main
+
+    png, npy = tmp_path / "m.png", tmp_path / "m.npy"
+    assert main(["masks", "--accel", "24", "--shape", "10", "128", "32", "--density", "kt-focuss",
+                 "--png", str(png), "--npy", str(npy)]) == 0
+    out = capsys.readouterr().out
+    assert "kt_gaussian, kt-focuss density" in out and "R_effective=" in out
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    expected = make_mask("kt_gaussian", 24, (10, 128, 32), seed=0, density="kt-focuss").mask.numpy()
+    assert np.array_equal(np.load(npy), expected)
+    assert main(["masks", "--pattern", "kt_radial", "--density", "kt-focuss"]) == 2
+    assert "kt_gaussian only" in capsys.readouterr().err
