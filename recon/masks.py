@@ -81,7 +81,9 @@ __all__ = [
     "R_TOLERANCE",
     "SamplingMask",
     "cmrxrecon_name",
+    "density_for",
     "make_mask",
+    "pattern_label",
     "find_cmrxrecon_name",
     "parse_cmrxrecon_name",
 ]
@@ -251,6 +253,17 @@ class SamplingMask:
             f"R_cmrxrecon={self.r_cmrxrecon:.2f} ({name}); requested R={self.requested_accel:g} "
             f"({self.convention} convention); {calib}; {counts} {unit}/frame; seed={self.seed}"
         )
+
+
+def density_for(pattern: str, density: str) -> str:
+    """The density :func:`make_mask` takes for ``pattern`` in a run that asks for ``density`` for all
+    its patterns: ``density`` for ``kt_gaussian``, the default for the others (they have none)."""
+    return density if pattern == "kt_gaussian" else DENSITIES[0]
+
+
+def pattern_label(pattern: str, density: str | None) -> str:
+    """``pattern`` for tables and figures, with the ``kt_gaussian`` density when it is not the default."""
+    return pattern if density in (None, DENSITIES[0]) else f"{pattern} ({density} density)"
 
 
 # ----------------------------------------------------------------------------- validation

@@ -35,6 +35,7 @@ from cardiomm.batch.writers import (
     write_nifti_magnitude,
     write_png_preview,
 )
+from recon.masks import DENSITIES
 
 __all__ = ["BatchJob", "FileResult", "ReconSettings", "resolve_device"]
 
@@ -68,7 +69,7 @@ def _undersampling_fingerprint(u: Undersampling | None) -> dict[str, Any] | None
     if u is None:
         return None
     d = asdict(u)
-    if d.get("density") == "broad":
+    if d.get("density") == DENSITIES[0]:
         d.pop("density")
     return d
 

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from cardiomm.data.metadata import KSpaceScan, ScanMetadata
+from recon.masks import DENSITIES
 
 __all__ = [
     "MIN_ACS_LINES",
@@ -66,7 +67,7 @@ class Undersampling:
     seed: int = 0
     convention: str = "effective"
     acs_lines: int = 16
-    density: str = "broad"
+    density: str = DENSITIES[0]
 
 
 @dataclass

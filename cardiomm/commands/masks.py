@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from recon.masks import DENSITIES, cmrxrecon_name, make_mask
+    from recon.masks import cmrxrecon_name, make_mask, pattern_label
 
     m = make_mask(
         args.pattern, args.accel, tuple(args.shape), seed=args.seed, acs_lines=args.acs_lines,
@@ -62,8 +62,7 @@ def run(args: argparse.Namespace) -> int:
         for ax in axes:
             ax.set_xlabel("kx")
             ax.set_ylabel("ky")
-        density = "" if m.density in (None, DENSITIES[0]) else f" ({m.density} density)"
-        fig.suptitle(f"{args.pattern}{density}: R_eff {m.r_effective:.2f}, R_CMRxRecon {m.r_cmrxrecon:.2f}, seed {m.seed}",
+        fig.suptitle(f"{pattern_label(args.pattern, m.density)}: R_eff {m.r_effective:.2f}, R_CMRxRecon {m.r_cmrxrecon:.2f}, seed {m.seed}",
                      fontsize=9)
         with atomic_path(args.png) as tmp:
             fig.savefig(tmp, dpi=100)

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 
 from cardiomm.data.datasets import REFERENCES, CineSliceDataset, SourceGroupedSampler, collate_cine
 from cardiomm.data.sources import expand_sources
-from recon.masks import PATTERNS
+from recon.masks import DENSITIES, PATTERNS
 
 __all__ = ["CineDataModule"]
 
@@ -124,7 +124,7 @@ class CineDataModule(lightning.LightningDataModule):
         self.cache_size = cache_size
         self.pin_memory = pin_memory
         self.reference = reference
-        self.densities = tuple(densities) if densities else ("broad",)
+        self.densities = tuple(densities) if densities else DENSITIES[:1]
         self.train_dataset: CineSliceDataset | None = None
         self.val_dataset: CineSliceDataset | None = None
         self.test_dataset: CineSliceDataset | None = None

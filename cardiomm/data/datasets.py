@@ -81,7 +81,7 @@ from cardiomm.data.sources import (
     open_source,
 )
 from recon.conventions import fft2c, ifft2c, rss, shape_str
-from recon.masks import CONVENTIONS, DENSITIES, PATTERNS, SamplingMask, make_mask
+from recon.masks import CONVENTIONS, DENSITIES, PATTERNS, SamplingMask, density_for, make_mask
 
 __all__ = [
     "CONTEXT_KEYS",
@@ -358,7 +358,7 @@ class CineSliceDataset(Dataset):
                 acs_lines=self.acs_lines,
                 convention=convention,
                 calibration=self.calibration,
-                density=density if pattern == "kt_gaussian" else DENSITIES[0],
+                density=density_for(pattern, density),
             )
         except ValueError as err:
             raise ValueError(f"cannot draw a {pattern} mask with R={accel:.3g} for {where}: {err}") from err

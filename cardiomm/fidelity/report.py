@@ -24,7 +24,7 @@ from cardiomm.atomic import atomic_path  # noqa: E402
 from cardiomm.data.labels import LABEL_OVERLAY_RGBA  # noqa: E402
 from cardiomm.fidelity.methods import METHOD_LABELS  # noqa: E402
 from cardiomm.fidelity.runner import BIOMARKERS, FidelityResult  # noqa: E402
-from recon.masks import DENSITIES  # noqa: E402
+from recon.masks import pattern_label  # noqa: E402
 
 #: Overlay colours of labels 1 (LV blood), 2 (LV myocardium), 3 (RV blood).
 LABEL_COLOURS = ListedColormap(LABEL_OVERLAY_RGBA)
@@ -165,11 +165,6 @@ def fmt(v: Any, digits: int = 2) -> str:
     if isinstance(v, float):
         return f"{v:.{digits}f}"
     return str(v)
-
-
-def pattern_label(pattern: str, density: str | None) -> str:
-    """``pattern``, with the ``kt_gaussian`` density when it is not the default one."""
-    return pattern if density in (None, DENSITIES[0]) else f"{pattern} ({density} density)"
 
 
 def summary_table_rows(result: FidelityResult) -> tuple[list[str], list[list[str]]]:

@@ -56,7 +56,7 @@ from cardiomm.fidelity.agreement import bland_altman, dice_per_class
 from cardiomm.fidelity.cache import ReconstructionCache
 from cardiomm.fidelity.methods import MethodRunner
 from recon.conventions import ifft2c, rss
-from recon.masks import DENSITIES, SamplingMask, make_mask
+from recon.masks import DENSITIES, SamplingMask, density_for, make_mask
 from recon.metrics import image_metrics
 from segment.biomarkers import compute_biomarkers
 
@@ -364,7 +364,7 @@ def run_fidelity(
         for pattern in patterns:
             for accel in accels:
                 sampling = make_mask(pattern, float(accel), tuple(case.kspace.shape[-3:]), seed=mask_seed,
-                                     density=density if pattern == "kt_gaussian" else DENSITIES[0])
+                                     density=density_for(pattern, density))
                 for runner in methods:
                     if on_step is not None:
                         on_step(f"{case.name} {pattern} R={float(accel):g} {runner.name}")
