@@ -109,20 +109,24 @@ def stage_evaluate(items: list[dict], weights: Path | None) -> dict:
     from segment.postprocess import clean_labels
     from segment.preprocess import GridGeometry, from_model_grid, normalize_intensity
     from segment.segmenter import CardiacSegmenter
-    from segment.training_data import load_cache
+    from segment.training_data import add_stage2, load_cache
 
     torch.set_num_threads(1)
     cache = load_cache(CACHE)
     if len(cache["sources"]) != len(items):
         raise RuntimeError(f"feature cache holds {len(cache['sources'])} of {len(items)} images: run --stage features")
     seg = CardiacSegmenter.load_default(weights=weights)
+    if seg.encoder.keep_stage2 and "stage2" not in cache:  # decoders with encoder adapters read layers[2]'s output
+        add_stage2(CACHE, seg.encoder)
+        cache = load_cache(CACHE)
     teacher = AcdcTeacher()
     t_dec = t_acdc = t_zoom = 0.0
     rows = []
     for i, it in enumerate(items):
         geom = GridGeometry.for_shape(it["image"].shape, it["spacing"])  # as CardiacSegmenter.segment does
         feats = EncoderFeatures(torch.from_numpy(np.asarray(cache["embedding"][i: i + 1], np.float32)),
-                                torch.from_numpy(np.asarray(cache["stage1"][i: i + 1], np.float32)))
+                                torch.from_numpy(np.asarray(cache["stage1"][i: i + 1], np.float32)),
+                                torch.from_numpy(np.asarray(cache["stage2"][i: i + 1], np.float32)) if "stage2" in cache else None)
         grid = torch.from_numpy(np.asarray(cache["image"][i: i + 1], np.float32))
         t0 = time.perf_counter()
         probs = from_model_grid(seg.probabilities_from_features(feats, grid), geom)

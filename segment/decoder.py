@@ -16,6 +16,9 @@ predicts 4-class logits and a boundary logit at full 256x256 resolution.  The up
 prior logits are added to the final logits (the second stage learns a correction).
 
 Classes: 0 background, 1 LV blood pool, 2 LV myocardium, 3 RV blood pool.
+
+:class:`AdaptedDecoder`: a decoder that reads the embedding of its own copy of the encoder's last
+stage with trained low-rank adapters (:mod:`segment.encoder_adapters`) instead of the frozen one.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["N_CLASSES", "CardiacDecoder", "DecoderEnsemble", "DecoderOutput", "decoder_from_payload"]
+__all__ = ["N_CLASSES", "AdaptedDecoder", "CardiacDecoder", "DecoderEnsemble", "DecoderOutput", "decoder_from_payload"]
 
 N_CLASSES = 4
 
@@ -93,8 +96,13 @@ class CardiacDecoder(nn.Module):
         self.head = nn.Conv2d(w4, N_CLASSES, 1)
         self.edge_head = nn.Conv2d(w4, 1, 1)
 
-    def forward(self, embedding: torch.Tensor, stage1: torch.Tensor, image01: torch.Tensor) -> DecoderOutput:
-        """Args: embedding ``[n, 256, 64, 64]``, stage1 ``[n, 128, 128, 128]``, image01 ``[n, 256, 256]``."""
+    #: whether :meth:`forward` needs the encoder's stage-2 features (it does not: it reads the embedding)
+    needs_stage2 = False
+
+    def forward(self, embedding: torch.Tensor, stage1: torch.Tensor, image01: torch.Tensor,
+                stage2: torch.Tensor | None = None) -> DecoderOutput:
+        """Args: embedding ``[n, 256, 64, 64]``, stage1 ``[n, 128, 128, 128]``, image01 ``[n, 256, 256]``;
+        ``stage2`` is not used (the signature is that of :class:`AdaptedDecoder`)."""
         prior = self.prior(embedding)
         prior_prob = prior.softmax(1)
         f = self.proj(embedding)
@@ -107,6 +115,25 @@ class CardiacDecoder(nn.Module):
         f = self.up256(torch.cat([f, self.stem(image01[:, None])], 1))
         logits = self.head(f) + F.interpolate(prior, scale_factor=4, mode="bilinear", align_corners=False)
         return DecoderOutput(logits=logits, edge_logits=self.edge_head(f), prior_logits=prior)
+
+
+class AdaptedDecoder(nn.Module):
+    """A :class:`CardiacDecoder` reading the embedding of its own adapted encoder tail
+    (:class:`segment.encoder_adapters.AdaptedEncoderTail`, run on the encoder's stage-2 features)."""
+
+    needs_stage2 = True
+
+    def __init__(self, decoder: CardiacDecoder, tail: nn.Module) -> None:
+        super().__init__()
+        self.decoder, self.tail = decoder, tail
+
+    def forward(self, embedding: torch.Tensor, stage1: torch.Tensor, image01: torch.Tensor,
+                stage2: torch.Tensor | None = None) -> DecoderOutput:
+        """As :meth:`CardiacDecoder.forward`, but ``embedding`` is replaced by ``tail(stage2)`` (``[n, 320, 64, 64]``)."""
+        if stage2 is None:
+            raise ValueError("these decoder weights carry encoder adapters and need the encoder's stage-2 features "
+                             "(FrozenImageEncoder(keep_stage2=True))")
+        return self.decoder(self.tail(stage2), stage1, image01)
 
 
 class DecoderEnsemble(nn.Module):
@@ -124,8 +151,14 @@ class DecoderEnsemble(nn.Module):
             raise ValueError("a decoder ensemble needs at least one member")
         self.members = nn.ModuleList(members)
 
-    def forward(self, embedding: torch.Tensor, stage1: torch.Tensor, image01: torch.Tensor) -> DecoderOutput:
-        outs = [m(embedding, stage1, image01) for m in self.members]
+    @property
+    def needs_stage2(self) -> bool:
+        """Whether a member reads the encoder's stage-2 features (:class:`AdaptedDecoder`)."""
+        return any(m.needs_stage2 for m in self.members)
+
+    def forward(self, embedding: torch.Tensor, stage1: torch.Tensor, image01: torch.Tensor,
+                stage2: torch.Tensor | None = None) -> DecoderOutput:
+        outs = [m(embedding, stage1, image01, stage2) for m in self.members]
 
         def log_mean_prob(key: str) -> torch.Tensor:
             return torch.stack([o[key].softmax(1) for o in outs]).mean(0).clamp_min(1e-12).log()
@@ -134,19 +167,35 @@ class DecoderEnsemble(nn.Module):
                              edge_logits=torch.stack([o["edge_logits"] for o in outs]).mean(0))
 
 
-def decoder_from_payload(payload: dict, source: str = "decoder weights") -> nn.Module:
+def decoder_from_payload(payload: dict, source: str = "decoder weights", image_encoder: nn.Module | None = None) -> nn.Module:
     """The decoder a weights file describes: one :class:`CardiacDecoder` (``state_dict``) or a
     :class:`DecoderEnsemble` (``members``: a list of state dicts), of architecture ``model``.
 
+    Weights trained with encoder adapters (``encoder_adapter``: ``rank``, ``alpha`` and one adapter
+    state per member, :func:`segment.fit.fit`) give :class:`AdaptedDecoder` members, whose tails are
+    built from ``image_encoder`` (LiteMedSAM's TinyViT, the pretrained weights under the adapters).
+
     Raises:
-        ValueError: naming ``source``, when the payload is not cardiac decoder weights.
+        ValueError: naming ``source``, when the payload is not cardiac decoder weights, or carries
+            adapters and no ``image_encoder`` was given.
     """
+    from segment.encoder_adapters import AdaptedEncoderTail
+
+    adapter = payload.get("encoder_adapter") if isinstance(payload, dict) else None
+    if adapter and image_encoder is None:
+        raise ValueError(f"{source} carry encoder adapters: the LiteMedSAM image encoder is needed to build them")
     try:
         states = payload["members"] if "members" in payload else [payload["state_dict"]]
-        members = []
-        for state in states:
+        if adapter and len(adapter["states"]) != len(states):
+            raise ValueError(f"{len(adapter['states'])} adapter states for {len(states)} decoders")
+        members: list[nn.Module] = []
+        for k, state in enumerate(states):
             member = CardiacDecoder(**payload["model"])
             member.load_state_dict(state)
+            if adapter:
+                tail = AdaptedEncoderTail(image_encoder, int(adapter["rank"]), float(adapter["alpha"]))
+                tail.load_adapter_state(adapter["states"][k])
+                member = AdaptedDecoder(member, tail)
             members.append(member)
     except (RuntimeError, KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{source} are not cardiac decoder weights: {str(err).splitlines()[0]}") from None

@@ -5,6 +5,11 @@ Each step takes random 128x128 windows of the 256x256 model grid that contain th
 stage-1 features are cropped exactly with it).  Windows give translation augmentation for
 free and cut the cost of the full-resolution decoder by four; the decoder is fully
 convolutional (plus prior-pooled attention), so it runs on the whole 256 grid at inference.
+
+With encoder adapters (``train.adapter_rank`` > 0, :mod:`segment.encoder_adapters`) the embedding
+of a window is recomputed by the decoder's own adapted encoder tail from the cached stage-2
+features of the window plus :data:`ADAPTER_MARGIN` embedding pixels of context on each side
+(the tail's attention and convolutions see beyond the window, as on the whole grid).
 """
 
 from __future__ import annotations
@@ -19,12 +24,15 @@ import torch
 
 from cardiomm.atomic import atomic_path
 from segment.decoder import CardiacDecoder, DecoderEnsemble, decoder_from_payload
+from segment.encoder_adapters import DEFAULT_ALPHA, AdaptedEncoderTail
+from segment.litemedsam import load_litemedsam
 from segment.losses import segmentation_loss
 from segment.training_data import load_caches
 
 __all__ = ["fit", "random_windows"]
 
 WINDOW = 128  # pixels of the 256 grid
+ADAPTER_MARGIN = 4  # embedding pixels (4 grid pixels each) of context around a window for the adapted tail
 
 
 def random_windows(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -54,6 +62,19 @@ def _batch(cache: dict[str, Any], idx: np.ndarray, corners: np.ndarray) -> tuple
     return f(emb), f(st1), f(img), torch.from_numpy(np.stack(lab).astype(np.int64))
 
 
+def _stage2_windows(stage2: np.ndarray, idx: np.ndarray, corners: np.ndarray) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """Crops ``[b, 320, s, s]`` of cached stage-2 features holding each window plus :data:`ADAPTER_MARGIN`
+    on every side (shifted inwards at the grid's edge), and each window's offset in its crop (embedding pixels)."""
+    side, grid = WINDOW // 4 + 2 * ADAPTER_MARGIN, stage2.shape[-1]
+    crops, offsets = [], []
+    for i, (y, x) in zip(idx, corners):
+        ty, tx = int(y) // 4, int(x) // 4
+        sy, sx = (min(max(t - ADAPTER_MARGIN, 0), grid - side) for t in (ty, tx))
+        crops.append(stage2[i, :, sy: sy + side, sx: sx + side])
+        offsets.append((ty - sy, tx - sx))
+    return torch.from_numpy(np.stack(crops).astype(np.float32)), offsets
+
+
 def fit(cfg: dict[str, Any]) -> Path:
     """Train on every cache of the config (:func:`segment.train.cache_dirs`) and save ``cfg['output']`` (state dict + config + log).
 
@@ -62,22 +83,29 @@ def fit(cfg: dict[str, Any]) -> Path:
     batch order, and save them as one :class:`~segment.decoder.DecoderEnsemble` (``members`` in the
     file); member 0 is the decoder a single run would give.
     """
-    from segment.train import cache_dirs
+    from segment.train import adapter_rank, cache_dirs
 
     tcfg, mcfg = cfg["train"], cfg["model"]
     n_members = int(tcfg.get("members", 1))
     if n_members < 1:
         raise ValueError(f"train.members must be >= 1, got {n_members}")
+    rank = adapter_rank(cfg)
     cache = load_caches(cache_dirs(cfg))  # into RAM
+    if rank and "stage2" not in cache:
+        raise ValueError("train.adapter_rank needs the stage-2 features in every cache: run --stage cache")
+    image_encoder = load_litemedsam().image_encoder if rank else None
     init_state = _initial_state(tcfg)  # read once, not once per member
     t0 = time.perf_counter()
-    states, logs = [], []
+    states, adapters, logs = [], [], []
     for member in range(n_members):
         if member:  # member 0 keeps the seeds of a single run (main() seeded torch with cfg["seed"])
             torch.manual_seed(int(np.random.SeedSequence([cfg["seed"], member]).generate_state(1)[0]))
         rng = np.random.default_rng(cfg["seed"] if member == 0 else [cfg["seed"], member])
-        model, log = _fit_one(cache, cfg, rng, f"training cardiac decoder {member + 1}/{n_members}", init_state)
+        tail = AdaptedEncoderTail(image_encoder, rank) if rank else None
+        model, log = _fit_one(cache, cfg, rng, f"training cardiac decoder {member + 1}/{n_members}", init_state, tail)
         states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        if tail is not None:
+            adapters.append(tail.adapter_state())
         logs.append(log)
     out_path = Path(cfg["output"])
     zoom = cfg.get("zoom")
@@ -86,6 +114,8 @@ def fit(cfg: dict[str, Any]) -> Path:
                "train_seconds": time.perf_counter() - t0, "n_images": len(cache["weights"]),
                # how CardiacSegmenter.load_default runs these weights
                "inference": {"zoom": {"side_range_mm": list(zoom["side_range_mm"]), "margin": float(zoom.get("margin", 1.5))}} if zoom else {}}
+    if rank:  # what decoder_from_payload rebuilds the adapted tails from, with LiteMedSAM's weights under them
+        payload["encoder_adapter"] = {"rank": rank, "alpha": DEFAULT_ALPHA, "states": adapters}
     with atomic_path(out_path) as tmp:
         torch.save(payload, tmp)
     print(f"saved {out_path} ({out_path.stat().st_size / 1e6:.2f} MB) after {payload['train_seconds']:.0f} s")
@@ -112,8 +142,11 @@ def _initial_state(tcfg: dict[str, Any]) -> dict[str, torch.Tensor] | None:
 
 
 def _fit_one(cache: dict[str, Any], cfg: dict[str, Any], rng: np.random.Generator, description: str,
-             init_state: dict[str, torch.Tensor] | None = None) -> tuple[CardiacDecoder, list[dict[str, float]]]:
-    """One decoder trained on the loaded caches (from ``init_state`` when given); returns it and its per-epoch log."""
+             init_state: dict[str, torch.Tensor] | None = None,
+             tail: AdaptedEncoderTail | None = None) -> tuple[CardiacDecoder, list[dict[str, float]]]:
+    """One decoder trained on the loaded caches (from ``init_state`` when given), with the adapters of
+    ``tail`` when given (trained in place, learning rate ``train.adapter_lr``, default 5e-4, no weight
+    decay); returns the decoder and its per-epoch log."""
     from rich.progress import Progress
 
     tcfg, mcfg = cfg["train"], cfg["model"]
@@ -127,10 +160,15 @@ def _fit_one(cache: dict[str, Any], cfg: dict[str, Any], rng: np.random.Generato
             raise ValueError(f"train.init_weights: {init_path} is not CardiacDecoder weights for model {dict(mcfg)}: "
                              f"{str(err).splitlines()[0]}") from None
         print(f"started from {tcfg['init_weights']}", flush=True)
-    opt = torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
+    groups = [{"params": list(model.parameters()), "lr": tcfg["lr"], "weight_decay": tcfg["weight_decay"]}]
+    if tail is not None:
+        groups.append({"params": [p for p in tail.parameters() if p.requires_grad],
+                       "lr": float(tcfg.get("adapter_lr", 5e-4)), "weight_decay": 0.0})
+        tail.train()
+    opt = torch.optim.AdamW(groups)
     bs = int(tcfg["batch_size"])
     steps = int(tcfg["epochs"]) * int(np.ceil(n / bs))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tcfg["lr"], total_steps=steps, pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=steps, pct_start=0.1)
     log: list[dict[str, float]] = []
     t0 = time.perf_counter()
     model.train()
@@ -141,7 +179,12 @@ def _fit_one(cache: dict[str, Any], cfg: dict[str, Any], rng: np.random.Generato
             sums: dict[str, float] = {}
             for b in range(0, n, bs):
                 idx = order[b: b + bs]
-                emb, st1, img, lab = _batch(cache, idx, random_windows(cache["label"][idx], rng))
+                corners = random_windows(cache["label"][idx], rng)
+                emb, st1, img, lab = _batch(cache, idx, corners)
+                if tail is not None:  # the window's embedding from the adapted tail instead of the cached one
+                    s2, offsets = _stage2_windows(cache["stage2"], idx, corners)
+                    full, k = tail(s2), WINDOW // 4
+                    emb = torch.stack([full[j, :, oy: oy + k, ox: ox + k] for j, (oy, ox) in enumerate(offsets)])
                 w = torch.from_numpy(cache["weights"][idx])
                 out = model(emb, st1, img)
                 parts = segmentation_loss(out["logits"], out["edge_logits"], lab, w, tcfg["edge_weight"])
@@ -159,4 +202,6 @@ def _fit_one(cache: dict[str, Any], cfg: dict[str, Any], rng: np.random.Generato
             log.append(entry)
             bar.console.print(json.dumps({k: round(v, 4) for k, v in entry.items()}))
     model.eval()
+    if tail is not None:
+        tail.eval()
     return model, log

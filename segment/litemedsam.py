@@ -52,18 +52,23 @@ class EncoderFeatures:
     Attributes:
         embedding: float ``[n, 256, 64, 64]`` (the SAM image embedding, stride 4).
         stage1: float ``[n, 128, 128, 128]`` (TinyViT stage-1 output, stride 2).
+        stage2: float ``[n, 320, 64, 64]`` (``layers[2]``'s output, the input of the last stage),
+            kept only when asked for (encoder adapters, :mod:`segment.encoder_adapters`), else None.
     """
 
     embedding: torch.Tensor
     stage1: torch.Tensor
+    stage2: torch.Tensor | None = None
 
 
 class FrozenImageEncoder(nn.Module):
-    """LiteMedSAM's TinyViT image encoder, frozen, returning the embedding and stage-1 features."""
+    """LiteMedSAM's TinyViT image encoder, frozen, returning the embedding and stage-1 features
+    (and the stage-2 features when ``keep_stage2``)."""
 
-    def __init__(self, image_encoder: nn.Module) -> None:
+    def __init__(self, image_encoder: nn.Module, keep_stage2: bool = False) -> None:
         super().__init__()
         self.encoder = _for_inference(image_encoder.eval().requires_grad_(False))
+        self.keep_stage2 = bool(keep_stage2)
 
     @torch.inference_mode()
     def forward(self, images01: torch.Tensor) -> EncoderFeatures:
@@ -76,10 +81,11 @@ class FrozenImageEncoder(nn.Module):
         x = enc.layers[0](enc.patch_embed(x))  # [n, 128*128, 128]
         n = x.shape[0]
         stage1 = x.transpose(1, 2).reshape(n, 128, 128, 128)
-        for layer in enc.layers[1:]:
-            x = layer(x)
+        x = enc.layers[2](enc.layers[1](x))  # [n, 64*64, 320]
+        stage2 = x.transpose(1, 2).reshape(n, -1, 64, 64) if self.keep_stage2 else None
+        x = enc.layers[3](x)
         emb = enc.neck(x.view(n, 64, 64, x.shape[-1]).permute(0, 3, 1, 2))
-        return EncoderFeatures(embedding=emb, stage1=stage1)
+        return EncoderFeatures(embedding=emb, stage1=stage1, stage2=stage2)
 
 
 def _for_inference(encoder: nn.Module) -> nn.Module:

