@@ -65,6 +65,8 @@ class FrozenImageEncoder(nn.Module):
     """LiteMedSAM's TinyViT image encoder, frozen, returning the embedding and stage-1 features
     (and the stage-2 features when ``keep_stage2``)."""
 
+    keep_stage2: bool = False
+
     def __init__(self, image_encoder: nn.Module, keep_stage2: bool = False) -> None:
         super().__init__()
         self.encoder = _for_inference(image_encoder.eval().requires_grad_(False))
