@@ -346,6 +346,17 @@ def test_es_ring_label_comes_from_the_config():
         _es_ring_label({"data": {"es_ring_label": "myocardium"}})
 
 
+def _square_heart_samples(n: int) -> list:
+    """``n`` training samples of a square LV blood pool inside a square myocardium (grid spacing 1.3 mm)."""
+    from segment.training_data import Sample
+
+    lab = np.zeros((256, 256), np.uint8)
+    lab[95:145, 105:155] = 2
+    lab[100:140, 110:150] = 1
+    img = np.where(lab == 1, 0.9, np.where(lab == 2, 0.3, 0.5)).astype(np.float32)
+    return [Sample(img, lab, 1.0, f"s:{i}", 1.3) for i in range(n)]
+
+
 def test_zoom_cache_and_fine_tuning_from_earlier_weights(tmp_path: Path):
     from segment.fit import fit
     from segment.train import _zoom_samples, cache_dirs
@@ -358,12 +369,7 @@ def test_zoom_cache_and_fine_tuning_from_earlier_weights(tmp_path: Path):
             n = x.shape[0]
             return EncoderFeatures(torch.randn(n, 256, 64, 64), torch.randn(n, 128, 128, 128))
 
-    lab = np.zeros((256, 256), np.uint8)
-    lab[95:145, 105:155] = 2
-    lab[100:140, 110:150] = 1
-    img = np.where(lab == 1, 0.9, np.where(lab == 2, 0.3, 0.5)).astype(np.float32)
-    build_cache([Sample(img, lab, 1.0, f"s:{i}", 1.3) for i in range(2)], tmp_path / "a", FakeEncoder(),
-                progress=False, fingerprint="a")
+    build_cache(_square_heart_samples(2), tmp_path / "a", FakeEncoder(), progress=False, fingerprint="a")
     train = {"epochs": 1, "batch_size": 2, "lr": 1e-3, "weight_decay": 1e-4, "edge_weight": 0.5, "prior_weight": 0.4}
     cfg = {"seed": 0, "cache_dir": str(tmp_path / "a"), "output": str(tmp_path / "w.pt"),
            "zoom": {"cache_dir": str(tmp_path / "z"), "side_range_mm": [140, 200], "jitter_mm": 10.0, "min_margin": 1.15, "margin": 1.4},
@@ -372,7 +378,8 @@ def test_zoom_cache_and_fine_tuning_from_earlier_weights(tmp_path: Path):
     assert [z.source for z in zs] == ["s:0:zoom", "s:1:zoom"]
     assert all(z.spacing_mm < 1.3 * 200 / 256 + 1e-6 for z in zs)  # zoomed in
     build_cache(zs, tmp_path / "z", FakeEncoder(), progress=False, fingerprint="z")
-    build_cache([Sample(img, lab, 1.0, "old")], tmp_path / "old", FakeEncoder(), progress=False, fingerprint="o")
+    build_cache([Sample(s.image01, s.label, 1.0, "old") for s in _square_heart_samples(1)], tmp_path / "old", FakeEncoder(),
+                progress=False, fingerprint="o")
     with pytest.raises(ValueError, match="grid spacings"):  # a cache from before spacings were recorded
         _zoom_samples({**cfg, "cache_dir": str(tmp_path / "old")})
     assert cache_dirs(cfg) == [tmp_path / "a", tmp_path / "z"]
@@ -455,7 +462,7 @@ def test_fit_with_adapters_saves_them_and_the_segmenter_runs_them(tmp_path: Path
     from segment.litemedsam import EncoderFeatures, load_litemedsam
     from segment.segmenter import CardiacSegmenter
     from segment.train import adapter_rank
-    from segment.training_data import Sample, add_stage2, build_cache, load_cache
+    from segment.training_data import add_stage2, build_cache, load_cache
 
     class FakeEncoder(torch.nn.Module):
         keep_stage2 = True
@@ -464,12 +471,7 @@ def test_fit_with_adapters_saves_them_and_the_segmenter_runs_them(tmp_path: Path
             n = x.shape[0]
             return EncoderFeatures(torch.randn(n, 256, 64, 64), torch.randn(n, 128, 128, 128), torch.randn(n, 320, 64, 64))
 
-    lab = np.zeros((256, 256), np.uint8)
-    lab[95:145, 105:155] = 2
-    lab[100:140, 110:150] = 1
-    img = np.where(lab == 1, 0.9, np.where(lab == 2, 0.3, 0.5)).astype(np.float32)
-    build_cache([Sample(img, lab, 1.0, f"s:{i}", 1.3) for i in range(2)], tmp_path / "a", FakeEncoder(),
-                progress=False, fingerprint="a")
+    build_cache(_square_heart_samples(2), tmp_path / "a", FakeEncoder(), progress=False, fingerprint="a")
     train = {"epochs": 1, "batch_size": 2, "lr": 1e-3, "weight_decay": 1e-4, "edge_weight": 0.5, "prior_weight": 0.4,
              "adapter_rank": 2}
     cfg = {"seed": 0, "cache_dir": str(tmp_path / "a"), "output": str(tmp_path / "w.pt"),
