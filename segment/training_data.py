@@ -342,6 +342,8 @@ def add_stage2(folder: Path, encoder: torch.nn.Module, batch: int = 4, progress:
     """
     from rich.progress import Progress
 
+    from segment.encoder_adapters import STAGE2_CHANNELS
+
     meta = json.loads((folder / "meta.json").read_text())
     n = int(meta["n_encoded"])
     if int(meta.get("n_stage2", 0)) >= n and (folder / "stage2.npy").is_file():
@@ -350,7 +352,7 @@ def add_stage2(folder: Path, encoder: torch.nn.Module, batch: int = 4, progress:
         raise ValueError("add_stage2 needs an encoder that keeps its stage-2 features (FrozenImageEncoder(keep_stage2=True))")
     images = np.load(folder / "image.npy", mmap_mode="r")
     tmp = folder / "stage2.tmp.npy"
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, 320, 64, 64))
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, STAGE2_CHANNELS, 64, 64))
     with Progress(disable=not progress) as bar:
         task = bar.add_task(f"stage-2 features of {folder.name}", total=n)
         for i in range(0, n, batch):
