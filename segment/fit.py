@@ -51,15 +51,18 @@ def random_windows(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(corners)
 
 
-def _batch(cache: dict[str, Any], idx: np.ndarray, corners: np.ndarray) -> tuple[torch.Tensor, ...]:
+def _batch(cache: dict[str, Any], idx: np.ndarray, corners: np.ndarray) -> tuple[torch.Tensor | None, ...]:
+    """Windows of the cached embedding (None when the cache has none: adapted tails recompute it), stage-1
+    features, images and labels."""
     emb, st1, img, lab = [], [], [], []
     for i, (y, x) in zip(idx, corners):
-        emb.append(cache["embedding"][i, :, y // 4: y // 4 + WINDOW // 4, x // 4: x // 4 + WINDOW // 4])
+        if "embedding" in cache:
+            emb.append(cache["embedding"][i, :, y // 4: y // 4 + WINDOW // 4, x // 4: x // 4 + WINDOW // 4])
         st1.append(cache["stage1"][i, :, y // 2: y // 2 + WINDOW // 2, x // 2: x // 2 + WINDOW // 2])
         img.append(cache["image"][i, y: y + WINDOW, x: x + WINDOW])
         lab.append(cache["label"][i, y: y + WINDOW, x: x + WINDOW])
     f = lambda a: torch.from_numpy(np.stack(a).astype(np.float32))  # noqa: E731
-    return f(emb), f(st1), f(img), torch.from_numpy(np.stack(lab).astype(np.int64))
+    return f(emb) if emb else None, f(st1), f(img), torch.from_numpy(np.stack(lab).astype(np.int64))
 
 
 def _stage2_windows(stage2: np.ndarray, idx: np.ndarray, corners: np.ndarray) -> tuple[torch.Tensor, list[tuple[int, int]]]:
@@ -90,7 +93,7 @@ def fit(cfg: dict[str, Any]) -> Path:
     if n_members < 1:
         raise ValueError(f"train.members must be >= 1, got {n_members}")
     rank = adapter_rank(cfg)
-    cache = load_caches(cache_dirs(cfg))  # into RAM
+    cache = load_caches(cache_dirs(cfg), skip=("embedding",) if rank else ())  # into RAM
     if rank and "stage2" not in cache:
         raise ValueError("train.adapter_rank needs the stage-2 features in every cache: run --stage cache")
     image_encoder = load_litemedsam().image_encoder if rank else None
@@ -181,7 +184,7 @@ def _fit_one(cache: dict[str, Any], cfg: dict[str, Any], rng: np.random.Generato
                 idx = order[b: b + bs]
                 corners = random_windows(cache["label"][idx], rng)
                 emb, st1, img, lab = _batch(cache, idx, corners)
-                if tail is not None:  # the window's embedding from the adapted tail instead of the cached one
+                if tail is not None:  # the window's embedding from the adapted tail (none was loaded)
                     s2, offsets = _stage2_windows(cache["stage2"], idx, corners)
                     full, k = tail(s2), WINDOW // 4
                     emb = torch.stack([full[j, :, oy: oy + k, ox: ox + k] for j, (oy, ox) in enumerate(offsets)])

@@ -29,10 +29,38 @@ from cardiomm.digests import json_sha256
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
-    cfg = yaml.safe_load(Path(path).read_text())
-    if not isinstance(cfg, dict) or "data" not in cfg or "train" not in cfg:
+    """A decoder config (YAML).  ``base: OTHER.yaml`` (a path relative to this file's folder) makes it
+    that config with this file's keys laid over it, section by section (nested mappings are merged,
+    anything else is replaced), so a variant states only what it changes.
+
+    Raises:
+        ValueError: naming the file, when it (or its base) is missing, circular or not a decoder config.
+    """
+    cfg = _read_layered(Path(path), ())
+    if "data" not in cfg or "train" not in cfg:
         raise ValueError(f"{path}: not a segment decoder config (needs 'data' and 'train' sections)")
     return cfg
+
+
+def _read_layered(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    if path.resolve() in seen:
+        raise ValueError(f"{path}: circular 'base' ({' -> '.join(str(p) for p in (*seen, path.resolve()))})")
+    if not path.is_file():
+        raise ValueError(f"{seen[-1] if seen else path}: config {path} not found")
+    cfg = yaml.safe_load(path.read_text())
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: not a segment decoder config (a YAML mapping is needed)")
+    base = cfg.pop("base", None)
+    if base is None:
+        return cfg
+    return _merged(_read_layered(path.parent / str(base), (*seen, path.resolve())), cfg)
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def fingerprint(*parts: Any) -> str:

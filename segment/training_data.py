@@ -381,12 +381,13 @@ def load_cache(folder: Path) -> dict[str, np.ndarray | list]:
     return out
 
 
-def load_caches(folders: list[Path]) -> dict[str, np.ndarray | list]:
-    """Several caches (:func:`load_cache`) concatenated into one, in RAM (``stage2`` only when every cache has it)."""
+def load_caches(folders: list[Path], skip: tuple[str, ...] = ()) -> dict[str, np.ndarray | list]:
+    """Several caches (:func:`load_cache`) concatenated into one, in RAM (``stage2`` only when every cache has it),
+    without the arrays named in ``skip`` (e.g. ``("embedding",)`` when adapted encoder tails recompute it)."""
     parts = [load_cache(f) for f in folders]
     out: dict[str, np.ndarray | list] = {}
     keys = ("embedding", "stage1", "image", "label", "weights") + (("stage2",) if all("stage2" in p for p in parts) else ())
-    for key in keys:
+    for key in (k for k in keys if k not in skip):
         out[key] = np.concatenate([np.asarray(p[key]) for p in parts])
     out["sources"] = [s for p in parts for s in p["sources"]]
     return out

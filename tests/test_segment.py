@@ -346,6 +346,18 @@ def test_es_ring_label_comes_from_the_config():
         _es_ring_label({"data": {"es_ring_label": "myocardium"}})
 
 
+class _RandomEncoder(torch.nn.Module):
+    """Stands in for the frozen encoder in cache and fit tests: random features, stage 2 included."""
+
+    keep_stage2 = True
+
+    def forward(self, x: torch.Tensor):
+        from segment.litemedsam import EncoderFeatures
+
+        n = x.shape[0]
+        return EncoderFeatures(torch.randn(n, 256, 64, 64), torch.randn(n, 128, 128, 128), torch.randn(n, 320, 64, 64))
+
+
 def _square_heart_samples(n: int) -> list:
     """``n`` training samples of a square LV blood pool inside a square myocardium (grid spacing 1.3 mm)."""
     from segment.training_data import Sample
@@ -362,14 +374,7 @@ def test_zoom_cache_and_fine_tuning_from_earlier_weights(tmp_path: Path):
     from segment.train import _zoom_samples, cache_dirs
     from segment.training_data import Sample, build_cache
 
-    class FakeEncoder(torch.nn.Module):
-        def forward(self, x):
-            from segment.litemedsam import EncoderFeatures
-
-            n = x.shape[0]
-            return EncoderFeatures(torch.randn(n, 256, 64, 64), torch.randn(n, 128, 128, 128))
-
-    build_cache(_square_heart_samples(2), tmp_path / "a", FakeEncoder(), progress=False, fingerprint="a")
+    build_cache(_square_heart_samples(2), tmp_path / "a", _RandomEncoder(), progress=False, fingerprint="a")
     train = {"epochs": 1, "batch_size": 2, "lr": 1e-3, "weight_decay": 1e-4, "edge_weight": 0.5, "prior_weight": 0.4}
     cfg = {"seed": 0, "cache_dir": str(tmp_path / "a"), "output": str(tmp_path / "w.pt"),
            "zoom": {"cache_dir": str(tmp_path / "z"), "side_range_mm": [140, 200], "jitter_mm": 10.0, "min_margin": 1.15, "margin": 1.4},
@@ -377,8 +382,8 @@ def test_zoom_cache_and_fine_tuning_from_earlier_weights(tmp_path: Path):
     zs = _zoom_samples(cfg)
     assert [z.source for z in zs] == ["s:0:zoom", "s:1:zoom"]
     assert all(z.spacing_mm < 1.3 * 200 / 256 + 1e-6 for z in zs)  # zoomed in
-    build_cache(zs, tmp_path / "z", FakeEncoder(), progress=False, fingerprint="z")
-    build_cache([Sample(s.image01, s.label, 1.0, "old") for s in _square_heart_samples(1)], tmp_path / "old", FakeEncoder(),
+    build_cache(zs, tmp_path / "z", _RandomEncoder(), progress=False, fingerprint="z")
+    build_cache([Sample(s.image01, s.label, 1.0, "old") for s in _square_heart_samples(1)], tmp_path / "old", _RandomEncoder(),
                 progress=False, fingerprint="o")
     with pytest.raises(ValueError, match="grid spacings"):  # a cache from before spacings were recorded
         _zoom_samples({**cfg, "cache_dir": str(tmp_path / "old")})
@@ -456,22 +461,34 @@ def test_untrained_adapters_give_the_pretrained_embedding_and_train_only_themsel
         tail(torch.zeros(1, 256, 8, 8))
 
 
+def test_a_config_with_a_base_states_only_what_it_changes(tmp_path: Path):
+    import yaml
+
+    from segment.train import load_config
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    base, variant = load_config(root / "segment_decoder.yaml"), load_config(root / "segment_decoder_adapters.yaml")
+    assert variant["train"] == {**base["train"], "adapter_rank": 8, "adapter_lr": 5e-4, "members": 2}
+    assert {k: v for k, v in variant.items() if k not in ("train", "output")} == \
+        {k: v for k, v in base.items() if k not in ("train", "output")}
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump({"base": "b.yaml", "data": {}, "train": {}}))
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump({"base": "a.yaml"}))
+    with pytest.raises(ValueError, match="circular"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"base": "missing.yaml", "data": {}, "train": {}}))
+    with pytest.raises(ValueError, match="c.yaml: config .*missing.yaml not found"):
+        load_config(tmp_path / "c.yaml")
+
+
 def test_fit_with_adapters_saves_them_and_the_segmenter_runs_them(tmp_path: Path):
     from segment.decoder import AdaptedDecoder, decoder_from_payload
     from segment.fit import fit
-    from segment.litemedsam import EncoderFeatures, load_litemedsam
+    from segment.litemedsam import load_litemedsam
     from segment.segmenter import CardiacSegmenter
     from segment.train import adapter_rank
     from segment.training_data import add_stage2, build_cache, load_cache
 
-    class FakeEncoder(torch.nn.Module):
-        keep_stage2 = True
-
-        def forward(self, x):
-            n = x.shape[0]
-            return EncoderFeatures(torch.randn(n, 256, 64, 64), torch.randn(n, 128, 128, 128), torch.randn(n, 320, 64, 64))
-
-    build_cache(_square_heart_samples(2), tmp_path / "a", FakeEncoder(), progress=False, fingerprint="a")
+    build_cache(_square_heart_samples(2), tmp_path / "a", _RandomEncoder(), progress=False, fingerprint="a")
     train = {"epochs": 1, "batch_size": 2, "lr": 1e-3, "weight_decay": 1e-4, "edge_weight": 0.5, "prior_weight": 0.4,
              "adapter_rank": 2}
     cfg = {"seed": 0, "cache_dir": str(tmp_path / "a"), "output": str(tmp_path / "w.pt"),
@@ -479,8 +496,8 @@ def test_fit_with_adapters_saves_them_and_the_segmenter_runs_them(tmp_path: Path
     assert "stage2" not in load_cache(tmp_path / "a")
     with pytest.raises(ValueError, match="stage-2 features in every cache"):
         fit(cfg)
-    assert add_stage2(tmp_path / "a", FakeEncoder(), progress=False)
-    assert not add_stage2(tmp_path / "a", FakeEncoder(), progress=False)  # kept once there
+    assert add_stage2(tmp_path / "a", _RandomEncoder(), progress=False)
+    assert not add_stage2(tmp_path / "a", _RandomEncoder(), progress=False)  # kept once there
     assert load_cache(tmp_path / "a")["stage2"].shape == (2, 320, 64, 64)
     payload = torch.load(fit(cfg), weights_only=False)
     adapter = payload["encoder_adapter"]
